@@ -1,0 +1,177 @@
+"""The one entry point for YOSO attention: ``yoso_attention``.
+
+Modules call only this function; it validates inputs, draws the hash
+parameters, hashes, picks the backend for the tensors' device and applies the
+paper's normalisations. Backends (reference / compiled CPU / CUDA) live behind
+``src.kernels.backends``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from src.kernels import reference
+from src.kernels.autograd import ExpectationCumulation, LSHCumulation
+from src.kernels.backends import Backend, resolve_backend
+
+Hashing = Literal["gaussian", "fast"]
+HASHINGS = ("gaussian", "fast")
+
+
+def draw_hash_parameters(
+    batch_heads: int,
+    head_dim: int,
+    num_hashes: int,
+    hash_code_len: int,
+    hashing: Hashing,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fresh random hash directions (Gaussian) or +-1 diagonals (fast hash).
+
+    Drawn from ``generator`` or torch's global RNG so that ``torch.manual_seed``
+    replays a run.
+    """
+    if hashing == "gaussian":
+        shape = (batch_heads, head_dim, num_hashes * hash_code_len)
+        return torch.randn(shape, device=device, generator=generator)
+    width = reference.fast_hash_dim(head_dim, hash_code_len)
+    parts = reference.fast_hash_num_parts(num_hashes, head_dim, hash_code_len)
+    bits = torch.randint(0, 2, (batch_heads, 3, parts, width), device=device, generator=generator)
+    return (bits * 2 - 1).to(torch.float32)
+
+
+def hash_codes(
+    vectors: torch.Tensor,
+    parameters: torch.Tensor,
+    num_hashes: int,
+    hash_code_len: int,
+    hashing: Hashing,
+    ops: Backend,
+) -> torch.Tensor:
+    """``[BH, n, m]`` int32 codes of ``vectors`` with the given hash parameters."""
+    if hashing == "gaussian":
+        return ops.hash_gaussian(vectors, parameters, hash_code_len)
+    return ops.hash_fast(vectors, parameters, num_hashes, hash_code_len)
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the last dim; an all-zero row stays 0 (value and gradient), never NaN."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    safe = norm.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.where(norm > 0, x / safe, torch.zeros_like(x))
+
+
+def as_bool_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """Validate a ``[B, n]`` 0/1 padding mask (bool, int or float) and return it as bool."""
+    if mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if mask.shape != (batch, length):
+        raise ValueError(
+            f"mask must have shape [batch, seq_len] = {[batch, length]}, got {list(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(
+                "mask must hold only 0 (padding) and 1 (token); got other values. "
+                "Pass the 0/1 key padding mask itself, not an additive or scaled mask."
+            )
+        mask = mask != 0
+    return mask.to(device)
+
+
+def _validate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if tensor.dim() != 4:
+            raise ValueError(f"{name} must be [batch, heads, seq_len, head_dim], got {list(tensor.shape)}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+        if tensor.device != query.device:
+            raise ValueError(f"{name} is on {tensor.device} but query is on {query.device}")
+    if query.shape[:2] != key.shape[:2] or key.shape[:3] != value.shape[:3]:
+        raise ValueError(
+            "query/key/value must share batch and heads, and key/value their length: got "
+            f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}"
+        )
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query and key head dims differ: {query.shape[-1]} vs {key.shape[-1]}")
+    if min(query.shape[2], key.shape[2], query.shape[-1], value.shape[-1]) < 1:
+        raise ValueError("sequence lengths and head dims must be >= 1")
+
+
+def yoso_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    query_mask: torch.Tensor | None = None,
+    num_hashes: int = 32,
+    hash_code_len: int = 8,
+    expectation: bool = False,
+    lsh_backward: bool = True,
+    hashing: Hashing = "gaussian",
+    backend: str | None = None,
+    generator: torch.Generator | None = None,
+    normalize_output: bool = True,
+) -> torch.Tensor:
+    """YOSO attention ``normalize(Y)`` with ``Y_i = sum_j M_j B(q_i, k_j) v_j``.
+
+    Args:
+        query, key, value: ``[B, H, n, d]`` (values may have their own head dim).
+        mask: ``[B, n_k]`` key padding mask (1 = token, 0 = padding); also the
+            query mask when ``query_mask`` is None and lengths match.
+        num_hashes: ``m`` hashes of the sampling estimator.
+        hash_code_len: ``tau`` bits per hash.
+        expectation: YOSO-E (exact expectation, quadratic) instead of sampling.
+        lsh_backward: linear LSH backward; False uses the quadratic expectation backward.
+        hashing: ``"gaussian"`` projections or the ``"fast"`` Hadamard hash.
+        backend: ``None``/``"auto"`` (by device), ``"reference"``, ``"cpu"``, ``"cuda"``.
+        generator: RNG for the hash parameters (default: torch's global RNG).
+        normalize_output: L2-normalise each output row (the paper's default).
+
+    Returns:
+        ``[B, H, n_q, d_v]`` in the query's dtype; padded query rows are 0.
+    """
+    _validate(query, key, value)
+    reference.check_hash_code_len(hash_code_len)
+    if not isinstance(num_hashes, int) or num_hashes < 1:
+        raise ValueError(f"num_hashes must be a positive int, got {num_hashes!r}")
+    if hashing not in HASHINGS:
+        raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
+    batch, heads, num_queries, head_dim = query.shape
+    num_keys, value_dim = key.shape[2], value.shape[-1]
+    key_mask = as_bool_mask(mask, batch, num_keys, query.device)
+    if query_mask is not None:
+        query_mask = as_bool_mask(query_mask, batch, num_queries, query.device)
+    elif num_queries == num_keys:
+        query_mask = key_mask
+    else:
+        query_mask = as_bool_mask(None, batch, num_queries, query.device)
+
+    out_dtype = query.dtype
+    bh = batch * heads
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q = normalize_rows(query.float()).reshape(bh, num_queries, head_dim)
+        k = normalize_rows(key.float()).reshape(bh, num_keys, head_dim)
+        v = value.float().reshape(bh, num_keys, value_dim)
+        qm = query_mask.unsqueeze(1).expand(batch, heads, num_queries).reshape(bh, num_queries)
+        km = key_mask.unsqueeze(1).expand(batch, heads, num_keys).reshape(bh, num_keys)
+        if expectation:
+            y = ExpectationCumulation.apply(qm, km, q, k, v, hash_code_len)
+        else:
+            ops = resolve_backend(query.device, backend)
+            params = draw_hash_parameters(
+                bh, head_dim, num_hashes, hash_code_len, hashing, query.device, generator
+            )
+            with torch.no_grad():
+                q_codes = hash_codes(q.detach(), params, num_hashes, hash_code_len, hashing, ops)
+                k_codes = hash_codes(k.detach(), params, num_hashes, hash_code_len, hashing, ops)
+            y = LSHCumulation.apply(
+                qm, km, q, k, v, q_codes, k_codes, hash_code_len, lsh_backward, ops
+            )
+        if normalize_output:
+            y = normalize_rows(y)
+    return y.reshape(batch, heads, num_queries, value_dim).to(out_dtype)

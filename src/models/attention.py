@@ -1,0 +1,144 @@
+"""Attention modules over ``[B, H, n, d]`` queries, keys and values.
+
+Every module has the same call, ``forward(q, k, v, mask) -> [B, H, n, d]``, so
+the shared encoder can swap them by name through ``build_attention``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.kernels import yoso_attention
+from src.kernels.interface import as_bool_mask
+
+
+class YOSOAttention(nn.Module):
+    """YOSO attention (YOSO-m sampling, YOSO-E expectation, optional YOSO-C conv on V).
+
+    Args:
+        num_heads: heads ``H``; the YOSO-C convolution has one filter per head.
+        head_dim: per-head dim ``d``.
+        num_hashes: ``m`` hashes of the sampling estimator.
+        hash_code_len: ``tau`` bits per hash.
+        expectation: YOSO-E (quadratic, exact expectation) instead of sampling.
+        conv_window: odd kernel size of the depthwise convolution on ``V`` (YOSO-C), or None.
+        lsh_backward: the paper's linear LSH backward; False uses the expectation backward.
+        hashing: ``"gaussian"`` projections or the ``"fast"`` Hadamard hash.
+        backend: ``None`` (by device, or ``$YOSO_BACKEND``), ``"reference"``, ``"cpu"``, ``"cuda"``.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        num_hashes: int = 32,
+        hash_code_len: int = 8,
+        expectation: bool = False,
+        conv_window: int | None = None,
+        lsh_backward: bool = True,
+        hashing: str = "gaussian",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if conv_window is not None and (conv_window < 1 or conv_window % 2 == 0):
+            raise ValueError(f"conv_window must be a positive odd int (e.g. 31 or 65), got {conv_window}")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_hashes = num_hashes
+        self.hash_code_len = hash_code_len
+        self.expectation = expectation
+        self.lsh_backward = lsh_backward
+        self.hashing = hashing
+        self.backend = backend
+        self.conv = None
+        if conv_window is not None:
+            self.conv = nn.Conv2d(
+                num_heads,
+                num_heads,
+                kernel_size=(conv_window, 1),
+                padding=(conv_window // 2, 0),
+                groups=num_heads,
+                bias=False,
+            )
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = yoso_attention(
+            q,
+            k,
+            v,
+            mask,
+            num_hashes=self.num_hashes,
+            hash_code_len=self.hash_code_len,
+            expectation=self.expectation,
+            lsh_backward=self.lsh_backward,
+            hashing=self.hashing,
+            backend=self.backend,
+        )
+        if self.conv is not None:
+            key_mask = as_bool_mask(mask, v.shape[0], v.shape[2], v.device)
+            masked_v = v * key_mask[:, None, :, None].to(v.dtype)
+            out = out + self.conv(masked_v)
+        return out
+
+    def extra_repr(self) -> str:
+        kind = "expectation" if self.expectation else f"m={self.num_hashes}"
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, {kind}, tau={self.hash_code_len}"
+
+
+class SoftmaxAttention(nn.Module):
+    """Softmax attention via ``scaled_dot_product_attention`` with the key padding mask.
+
+    Padded query rows, and rows whose keys are all padding, return 0 (never NaN).
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=self._dropout_p())
+        key_mask = as_bool_mask(mask, k.shape[0], k.shape[2], k.device)
+        has_keys = key_mask.any(dim=-1)
+        # An all-padding row would softmax over nothing (NaN): let it see every
+        # key, then zero it below.
+        allowed = key_mask | ~has_keys[:, None]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed[:, None, None, :], dropout_p=self._dropout_p()
+        )
+        if q.shape[2] == k.shape[2]:
+            keep = key_mask & has_keys[:, None]
+        else:
+            keep = has_keys[:, None].expand(-1, q.shape[2])
+        return out * keep[:, None, :, None].to(out.dtype)
+
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+
+ATTENTIONS: dict[str, type[nn.Module]] = {
+    "softmax": SoftmaxAttention,
+    "yoso": YOSOAttention,
+}
+
+
+def register_attention(name: str, cls: type[nn.Module]) -> None:
+    """Make ``cls`` (same constructor head and forward as the built-ins) nameable in configs."""
+    ATTENTIONS[name] = cls
+
+
+def build_attention(name: str, num_heads: int, head_dim: int, **options: Any) -> nn.Module:
+    """Instantiate the attention called ``name`` (e.g. from a config) with its options."""
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; choose one of {sorted(ATTENTIONS)}")
+    return ATTENTIONS[name](num_heads=num_heads, head_dim=head_dim, **options)

@@ -1,0 +1,59 @@
+"""The shared encoder: shapes, gradients, masks and length limits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.models.encoder import TransformerEncoder
+
+
+def toy_batch(batch=3, length=21, vocab=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, 15:] = False
+    ids[~mask] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("attention,options", [
+    ("softmax", {}),
+    ("yoso", {"num_hashes": 8, "hash_code_len": 6}),
+    ("yoso", {"expectation": True, "hash_code_len": 6}),
+    ("yoso", {"num_hashes": 8, "hash_code_len": 6, "conv_window": 5}),
+])
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_forward_backward_reaches_every_parameter(attention, options, norm_first):
+    ids, mask = toy_batch()
+    encoder = TransformerEncoder(
+        vocab_size=17, max_length=32, dim=16, depth=2, num_heads=2, head_dim=8, ffn_dim=32,
+        attention=attention, attention_options=options, num_segments=2, norm_first=norm_first,
+    )
+    segments = torch.zeros_like(ids)
+    segments[:, 10:] = 1
+    hidden = encoder(ids, mask, segments)
+    assert hidden.shape == (3, 21, 16)
+    assert torch.isfinite(hidden).all()
+    hidden[mask].pow(2).mean().backward()
+    for name, param in encoder.named_parameters():
+        assert param.grad is not None, name
+        if name != "token_embedding.weight":
+            assert param.grad.abs().sum() > 0, name
+
+
+def test_padding_does_not_change_real_token_states():
+    ids, mask = toy_batch(batch=1)
+    encoder = TransformerEncoder(vocab_size=17, max_length=64, dim=16, depth=2, num_heads=2,
+                                 head_dim=8, ffn_dim=32, attention="softmax").eval()
+    short = encoder(ids[:, :15], mask[:, :15])
+    padded_ids = torch.cat([ids[:, :15], torch.zeros(1, 30, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask[:, :15], torch.zeros(1, 30, dtype=torch.bool)], dim=1)
+    longer = encoder(padded_ids, padded_mask)
+    torch.testing.assert_close(longer[:, :15], short, rtol=1e-5, atol=1e-5)
+
+
+def test_too_long_input_is_a_clear_error():
+    encoder = TransformerEncoder(vocab_size=17, max_length=8, dim=16, depth=1, num_heads=2, head_dim=8)
+    with pytest.raises(ValueError, match="max_length"):
+        encoder(torch.ones(1, 9, dtype=torch.long))
