@@ -185,35 +185,143 @@ def lsh_weighted_cumulation(
     key_weight: torch.Tensor,
     value: torch.Tensor,
     hash_code_len: int,
+    method: str = "auto",
 ) -> torch.Tensor:
     """``out_i = mq_i / m * sum_h sum_j mk_j [h(q_i)=h(k_j)] (a_i . b_j) v_j``.
 
     ``a`` = ``query_weight`` ``[BH, nq, w]``, ``b`` = ``key_weight`` ``[BH, nk, w]``.
-    This is the dQ / dK cumulation of the LSH backward. It splits the dot
-    product by weight coordinate: coordinate ``c`` is an ordinary cumulation of
-    the values ``b_jc v_j``, read back scaled by ``a_ic``; coordinates are
-    processed in chunks to bound the table memory.
+    This is the dQ / dK cumulation of the LSH backward. Two exact methods, the
+    cheaper one chosen per call: visit the colliding pairs directly (few
+    collisions: short sequences or long codes) or cumulate per-bucket tables of
+    outer products ``b_j (x) v_j`` (many collisions).
     """
     check_hash_code_len(hash_code_len)
     bh, num_keys, dim = value.shape
     num_queries, num_hashes = query_codes.shape[1], query_codes.shape[2]
     width = key_weight.shape[-1]
+    query_weight = query_weight.float() * query_mask.unsqueeze(-1).to(torch.float32)
+    value = value.float() * key_mask.unsqueeze(-1).to(torch.float32)
+    key_weight = key_weight.float()
+    if method not in ("auto", "pairs", "tables"):
+        raise ValueError(f"method must be 'auto', 'pairs' or 'tables', got {method!r}")
+    pairs = _colliding_pairs(query_mask, query_codes, key_mask, key_codes, hash_code_len)
+    table_cost = num_hashes * ((bh << hash_code_len) + bh * (num_queries + num_keys)) * width * dim
+    if method == "auto":
+        method = "pairs" if pairs.count * (width + dim) * 4 < table_cost else "tables"
+    if method == "pairs":
+        out = _weighted_by_pairs(pairs, query_weight, key_weight, value)
+    else:
+        out = _weighted_by_tables(query_codes, query_weight, key_codes, key_weight, value, hash_code_len)
+    return out * (query_mask.unsqueeze(-1).to(torch.float32) / num_hashes)
+
+
+class _Pairs:
+    """Colliding (query, key) index pairs over all hashes, grouped by query entry."""
+
+    def __init__(self, query_rows: torch.Tensor, key_rows: torch.Tensor, starts: torch.Tensor,
+                 counts: torch.Tensor) -> None:
+        self.query_rows = query_rows  # [E] flat (bh * nq + i) of each query entry with collisions
+        self.key_rows = key_rows  # [K] flat (bh * nk + j) of keys sorted by (bh, hash, code)
+        self.starts = starts  # [E] first matching position in key_rows
+        self.counts = counts  # [E] number of matching keys
+        self.count = int(counts.sum())
+
+
+def _colliding_pairs(
+    query_mask: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_mask: torch.Tensor,
+    key_codes: torch.Tensor,
+    hash_code_len: int,
+) -> _Pairs:
+    """Sort real keys by (batch-head, hash, code); find each real query's run of equal keys.
+
+    Memory is linear in the number of (query, hash) entries; the pairs themselves
+    are only expanded chunk by chunk in ``_weighted_by_pairs``.
+    """
+    bh, num_keys, num_hashes = key_codes.shape
+    num_queries = query_codes.shape[1]
+    device = key_codes.device
+    head = torch.arange(bh, device=device).view(bh, 1, 1)
+    hashes = torch.arange(num_hashes, device=device).view(1, 1, num_hashes)
+
+    def combined(codes: torch.Tensor) -> torch.Tensor:
+        return ((head * num_hashes + hashes) << hash_code_len) + codes.long()
+
+    real_keys = key_mask.unsqueeze(-1).expand(bh, num_keys, num_hashes)
+    key_ids = combined(key_codes)[real_keys]
+    key_rows = (head * num_keys + torch.arange(num_keys, device=device).view(1, num_keys, 1))
+    key_rows = key_rows.expand(bh, num_keys, num_hashes)[real_keys]
+    sorted_ids, order = torch.sort(key_ids)
+    key_rows = key_rows[order]
+
+    real_queries = query_mask.unsqueeze(-1).expand(bh, num_queries, num_hashes)
+    query_ids = combined(query_codes)[real_queries]
+    query_rows = head * num_queries + torch.arange(num_queries, device=device).view(1, num_queries, 1)
+    query_rows = query_rows.expand(bh, num_queries, num_hashes)[real_queries]
+    starts = torch.searchsorted(sorted_ids, query_ids, side="left")
+    counts = torch.searchsorted(sorted_ids, query_ids, side="right") - starts
+    hit = counts > 0
+    return _Pairs(query_rows[hit], key_rows, starts[hit], counts[hit])
+
+
+_PAIRS_PER_CHUNK = 1 << 20
+
+
+def _weighted_by_pairs(
+    pairs: _Pairs, query_weight: torch.Tensor, key_weight: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """Visit every colliding pair directly: cost ~ pairs x (w + d), no tables."""
+    bh, num_queries, width = query_weight.shape
+    dim = value.shape[-1]
+    flat_qw = query_weight.reshape(-1, width)
+    flat_kw = key_weight.reshape(-1, width)
+    flat_v = value.reshape(-1, dim)
+    out = value.new_zeros(bh * num_queries, dim)
+    ends = torch.cumsum(pairs.counts, 0)
+    entry = 0
+    while entry < len(pairs.counts):
+        # Take entries until about _PAIRS_PER_CHUNK pairs (at least one entry).
+        before = int(ends[entry - 1]) if entry else 0
+        stop = int(torch.searchsorted(ends, before + _PAIRS_PER_CHUNK, side="right"))
+        stop = max(stop, entry + 1)
+        counts = pairs.counts[entry:stop]
+        owner = torch.repeat_interleave(torch.arange(entry, stop, device=counts.device), counts)
+        first = torch.cumsum(counts, 0) - counts
+        offset = torch.arange(len(owner), device=counts.device) - torch.repeat_interleave(first, counts)
+        keys = pairs.key_rows[pairs.starts[owner] + offset]
+        queries = pairs.query_rows[owner]
+        coefficient = (flat_qw[queries] * flat_kw[keys]).sum(-1, keepdim=True)
+        out.index_add_(0, queries, coefficient * flat_v[keys])
+        entry = stop
+    return out.reshape(bh, num_queries, dim)
+
+
+def _weighted_by_tables(
+    query_codes: torch.Tensor,
+    query_weight: torch.Tensor,
+    key_codes: torch.Tensor,
+    key_weight: torch.Tensor,
+    value: torch.Tensor,
+    hash_code_len: int,
+) -> torch.Tensor:
+    """Tables of ``b_j (x) v_j`` outer products per bucket: cost ~ n x m x w x d, any collision rate."""
+    bh, num_keys, dim = value.shape
+    num_queries, width = query_codes.shape[1], key_weight.shape[-1]
     query_rows = _flat_rows(query_codes, hash_code_len)
     key_rows = _flat_rows(key_codes, hash_code_len)
-    query_weight = query_weight.float()
-    value = value.float() * key_mask.unsqueeze(-1).to(torch.float32)
     out = value.new_zeros(bh, num_queries, dim)
     rows = bh * max(1 << hash_code_len, num_keys, num_queries) * dim
     coords_per_chunk = _chunk(rows, width)
     for start in range(0, width, coords_per_chunk):
         stop = min(width, start + coords_per_chunk)
         # [BH, nk, c, d]: the values of c independent cumulations side by side.
-        outer = key_weight[:, :, start:stop].float().unsqueeze(-1) * value.unsqueeze(2)
+        outer = key_weight[:, :, start:stop].unsqueeze(-1) * value.unsqueeze(2)
         cumulated = _cumulate_flat(
             query_rows, key_rows, outer.reshape(bh * num_keys, -1), bh << hash_code_len
         ).reshape(bh, num_queries, stop - start, dim)
         out += torch.einsum("bqc,bqcd->bqd", query_weight[:, :, start:stop], cumulated)
-    return out * (query_mask.unsqueeze(-1).to(torch.float32) / num_hashes)
+    return out
 
 
 def expectation_weights(query: torch.Tensor, key: torch.Tensor, hash_code_len: int) -> torch.Tensor:

@@ -85,7 +85,8 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """Token ids ``[B, n]`` and padding mask ``[B, n]`` -> hidden states ``[B, n, dim]``.
+    """Token ids ``[B, n]`` and padding mask ``[B, n]`` -> hidden states ``[B, n, dim]``
+    (``[B, n + 1, dim]`` with the [CLS] vector first when ``prepend_cls``).
 
     Args:
         vocab_size: number of token ids (id ``padding_id`` is padding).
@@ -99,6 +100,9 @@ class TransformerEncoder(nn.Module):
         attention_options: keyword arguments of that attention (e.g. ``num_hashes``).
         num_segments: > 0 adds segment embeddings (sentence pairs).
         norm_first: pre-LN layers (LRA) or post-LN (BERT).
+        prepend_cls: prepend a learned [CLS] vector (output position 0) for CLS pooling;
+            it counts towards ``max_length + 1`` positions.
+        padding_id: token id of padding (its embedding stays zero).
     """
 
     def __init__(
@@ -115,13 +119,16 @@ class TransformerEncoder(nn.Module):
         attention_options: dict[str, Any] | None = None,
         num_segments: int = 0,
         norm_first: bool = True,
+        prepend_cls: bool = False,
         padding_id: int = 0,
     ) -> None:
         super().__init__()
         self.max_length = max_length
         self.dim = dim
+        self.prepend_cls = prepend_cls
         self.token_embedding = nn.Embedding(vocab_size, dim, padding_idx=padding_id)
-        self.position_embedding = nn.Embedding(max_length, dim)
+        self.position_embedding = nn.Embedding(max_length + int(prepend_cls), dim)
+        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, dim)) if prepend_cls else None
         self.segment_embedding = nn.Embedding(num_segments, dim) if num_segments > 0 else None
         self.embedding_dropout = nn.Dropout(dropout)
         options = dict(attention_options or {})
@@ -147,15 +154,18 @@ class TransformerEncoder(nn.Module):
             )
         if mask is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
-        positions = torch.arange(length, device=input_ids.device)
-        x = self.token_embedding(input_ids) + self.position_embedding(positions)
+        x = self.token_embedding(input_ids)
         if self.segment_embedding is not None:
             if segment_ids is None:
                 segment_ids = torch.zeros_like(input_ids)
             x = x + self.segment_embedding(segment_ids)
         elif segment_ids is not None:
             raise ValueError("segment_ids given but the encoder has num_segments=0")
-        x = self.embedding_dropout(x)
+        if self.cls_embedding is not None:
+            x = torch.cat([self.cls_embedding.expand(batch, -1, -1), x], dim=1)
+            mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
+        positions = torch.arange(x.shape[1], device=input_ids.device)
+        x = self.embedding_dropout(x + self.position_embedding(positions))
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x)

@@ -78,8 +78,9 @@ def test_lsh_cumulation_equals_dense_collision_matrix():
     a = torch.randn(bh, nq, 6, generator=g)
     bw = torch.randn(bh, nk, 6, generator=g)
     weighted = collide * (a.double() @ bw.double().transpose(1, 2))
-    got_w = ref.lsh_weighted_cumulation(qm, qc, a, km, kc, bw, v, tau)
-    torch.testing.assert_close(got_w.double(), weighted @ v.double(), rtol=1e-5, atol=1e-5)
+    for method in ("auto", "pairs", "tables"):
+        got_w = ref.lsh_weighted_cumulation(qm, qc, a, km, kc, bw, v, tau, method=method)
+        torch.testing.assert_close(got_w.double(), weighted @ v.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_hadamard_transform_matches_matrix():

@@ -1,0 +1,276 @@
+"""JIT build of the compiled YOSO backends (CPU and CUDA) with a persistent cache.
+
+Why: compiling at install time would tie the package to one machine; compiling
+at import time would make ``import src.kernels`` slow and fragile. Instead the
+first op call that needs a backend builds it here, once: the shared library
+goes to ``$YOSO_BUILD_DIR`` (default ``~/.cache/yoso_lightning/build``) under a
+directory named by a hash of everything that affects the binary (sources and
+the headers they include, flags, torch / Python / CUDA versions, GPU
+architectures). Later processes find the library there and just load it.
+
+Concurrent processes are safe: the build goes through
+``torch.utils.cpp_extension.load``, which serialises builds of one directory
+with a file baton; a finished library is only loaded directly when no build
+holds that baton.
+
+Every failure (no ninja, no compiler, no CUDA toolkit, a compile error) is a
+``RuntimeError`` with a readable message, which ``backends.py`` turns into a
+one-time fallback warning for ``backend="auto"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+BUILD_DIR_ENV_VAR = "YOSO_BUILD_DIR"
+DEFAULT_BUILD_DIR = Path("~/.cache/yoso_lightning/build")
+_LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"
+_INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+_LOADED: dict[str, types.ModuleType] = {}  # library path -> module, for this process
+
+
+def build_root() -> Path:
+    """Directory under which every extension gets its own keyed build directory."""
+    return Path(os.environ.get(BUILD_DIR_ENV_VAR) or DEFAULT_BUILD_DIR).expanduser()
+
+
+def _cxx_command() -> str | None:
+    """The C++ compiler torch would call (``$CXX`` or ``c++``), resolved on PATH; None if absent."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        parts = shlex.split(cxx)
+        if not parts:
+            return None
+        return shutil.which(parts[0]) or (parts[0] if os.path.isfile(parts[0]) else None)
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def compiler_available() -> bool:
+    """Whether a C++ compiler and ninja are present (a build may still fail)."""
+    return _cxx_command() is not None and _ensure_ninja(raise_error=False)
+
+
+def _ensure_ninja(raise_error: bool = True) -> bool:
+    """Make ``ninja`` callable: torch shells out to it, so it must be on PATH."""
+    from torch.utils import cpp_extension
+
+    if cpp_extension.is_ninja_available():
+        return True
+    # The pip package ships the binary; a venv that is used without being
+    # activated does not have it on PATH.
+    candidates = [Path(sys.executable).parent]
+    with contextlib.suppress(ImportError, AttributeError):
+        import ninja  # type: ignore[import-not-found]
+
+        candidates.insert(0, Path(ninja.BIN_DIR))
+    for folder in candidates:
+        if (folder / "ninja").is_file() or (folder / "ninja.exe").is_file():
+            os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+            if cpp_extension.is_ninja_available():
+                return True
+    if raise_error:
+        raise RuntimeError(
+            "building the YOSO kernels needs ninja, which was not found: `pip install ninja`"
+        )
+    return False
+
+
+def _check_toolchain(cuda: bool) -> None:
+    _ensure_ninja()
+    if _cxx_command() is None:
+        cxx = os.environ.get("CXX")
+        where = f"CXX={cxx!r} does not name an existing program" if cxx else "no c++/g++ on PATH"
+        raise RuntimeError(
+            f"building the YOSO kernels needs a C++ compiler: {where}. "
+            "Install g++ (or set CXX to a working compiler)."
+        )
+    if cuda:
+        if torch.version.cuda is None:
+            raise RuntimeError(f"torch {torch.__version__} was built without CUDA")
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        nvcc = Path(CUDA_HOME or "", "bin", "nvcc")
+        if not CUDA_HOME or not nvcc.is_file():
+            raise RuntimeError(
+                "building the YOSO CUDA kernels needs the CUDA toolkit (nvcc): set CUDA_HOME "
+                f"to it (found CUDA_HOME={CUDA_HOME!r})"
+            )
+
+
+def _local_files(sources: list[Path], include_paths: list[str]) -> list[Path]:
+    """Sources plus the project headers they include (``#include "..."``), recursively."""
+    seen: dict[Path, None] = {}
+    stack = [Path(source).resolve() for source in sources]
+    while stack:
+        path = stack.pop()
+        if path in seen:
+            continue
+        seen[path] = None
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for name in _INCLUDE_RE.findall(text):
+            for folder in (path.parent, *map(Path, include_paths)):
+                candidate = (folder / name).resolve()
+                if candidate.is_file():
+                    stack.append(candidate)
+                    break
+    return sorted(seen)
+
+
+def _cuda_fingerprint() -> list[str]:
+    """CUDA version and the GPU architectures the build targets."""
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not arch and torch.cuda.is_available():
+        capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        arch = ";".join(f"{major}.{minor}" for major, minor in sorted(capabilities))
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return [f"cuda={torch.version.cuda}", f"cuda_home={CUDA_HOME}", f"arch={arch}"]
+
+
+def build_key(
+    name: str,
+    sources: list[Path],
+    *,
+    cuda: bool = False,
+    flags: list[str] | None = None,
+    include_paths: list[str] | None = None,
+) -> str:
+    """Short hash of everything that changes the built library."""
+    digest = hashlib.sha256()
+    items = [
+        name,
+        f"torch={torch.__version__}",
+        f"python={sys.implementation.cache_tag}-{sys.version_info[:3]}",
+        f"platform={sys.platform}",
+        f"cxx={os.environ.get('CXX', '')}",
+        *(flags or []),
+        *(include_paths or []),
+    ]
+    if cuda:
+        items += _cuda_fingerprint()
+    for item in items:
+        digest.update(item.encode() + b"\0")
+    for path in _local_files(sources, include_paths or []):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _import_library(name: str, library: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, library)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load the YOSO extension library {library}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _compiler_env() -> Iterator[None]:
+    """Point torch at g++/clang++ when CXX is unset and there is no ``c++`` on PATH."""
+    if os.environ.get("CXX") or shutil.which("c++"):
+        yield
+        return
+    os.environ["CXX"] = _cxx_command() or "c++"
+    try:
+        yield
+    finally:
+        os.environ.pop("CXX", None)
+
+
+def load_extension(
+    name: str,
+    sources: list[Path],
+    *,
+    cuda: bool = False,
+    extra_cflags: list[str] | None = None,
+    extra_cuda_cflags: list[str] | None = None,
+    extra_include_paths: list[str] | None = None,
+    extra_ldflags: list[str] | None = None,
+    verbose: bool = False,
+) -> types.ModuleType:
+    """Build (first use) or load (cached) a torch C++/CUDA extension module.
+
+    Args:
+        name: module name; must match ``TORCH_EXTENSION_NAME`` in the binding.
+        sources: ``.cpp`` / ``.cu`` files.
+        cuda: build with nvcc (requires CUDA torch and the toolkit).
+
+    Raises:
+        RuntimeError: a missing tool, or the compiler failed (message says which).
+    """
+    sources = [Path(source) for source in sources]
+    missing = [str(source) for source in sources if not source.is_file()]
+    if missing:
+        raise RuntimeError(f"YOSO {name} extension sources not found: {missing}")
+    include_paths = [str(path) for path in extra_include_paths or []]
+    flags = [
+        *(f"cflag={flag}" for flag in extra_cflags or []),
+        *(f"cuda_cflag={flag}" for flag in extra_cuda_cflags or []),
+        *(f"ldflag={flag}" for flag in extra_ldflags or []),
+    ]
+    key = build_key(name, sources, cuda=cuda, flags=flags, include_paths=include_paths)
+    directory = build_root() / f"{name}-{key}"
+    library = directory / f"{name}{_LIB_EXT}"
+    if str(library) in _LOADED:
+        return _LOADED[str(library)]
+    if library.is_file() and not (directory / "lock").exists():
+        try:
+            module = _import_library(name, library)
+        except ImportError:
+            module = None  # a broken cache entry: rebuild below
+        if module is not None:
+            _LOADED[str(library)] = module
+            return module
+
+    _check_toolchain(cuda)
+    directory.mkdir(parents=True, exist_ok=True)
+    minutes = "3-10" if cuda else "1"
+    print(
+        f"Building YOSO {name} extension (first use, ~{minutes} min) in {directory} ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    from torch.utils import cpp_extension
+
+    try:
+        with _compiler_env():
+            module = cpp_extension.load(
+                name=name,
+                sources=[str(source) for source in sources],
+                extra_cflags=list(extra_cflags or []),
+                extra_cuda_cflags=list(extra_cuda_cflags or []),
+                extra_ldflags=list(extra_ldflags or []),
+                extra_include_paths=include_paths,
+                build_directory=str(directory),
+                with_cuda=cuda,
+                verbose=verbose,
+            )
+    except Exception as error:  # compiler errors arrive as RuntimeError/CalledProcessError
+        detail = str(error).strip()
+        if len(detail) > 4000:
+            detail = "...\n" + detail[-4000:]
+        raise RuntimeError(
+            f"building the YOSO {name} extension failed (build dir {directory}; "
+            f"rerun with verbose=True for the full log): {type(error).__name__}: {detail}"
+        ) from error
+    print(
+        f"Built YOSO {name} extension in {time.perf_counter() - start:.0f} s.",
+        file=sys.stderr,
+        flush=True,
+    )
+    _LOADED[str(library)] = module
+    return module

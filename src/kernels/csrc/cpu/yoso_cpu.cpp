@@ -1,0 +1,179 @@
+// Python binding of the YOSO CPU kernels: tensor checks, output allocation, and
+// calls into the raw-pointer kernels of yoso_cpu_kernels.cpp.
+//
+// Function names and signatures are shared with the CUDA extension, so that the
+// Python side can dispatch on the device alone:
+//   hash_gaussian(x f32[BH,n,d], projection f32[BH,d,m*tau], tau) -> i32[BH,n,m]
+//   hash_fast(x f32[BH,n,d], signs f32[BH,3,parts,D], num_hashes, tau) -> i32[BH,n,m]
+//   lsh_cumulation(qmask b[BH,nq], qcodes i32[BH,nq,m], kmask b[BH,nk], kcodes i32[BH,nk,m],
+//                  value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
+//   lsh_weighted_cumulation(qmask, qcodes, qweight f32[BH,nq,w], kmask, kcodes,
+//                           kweight f32[BH,nk,w], value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
+// Semantics are those of the functions with the same names in reference.py.
+
+#include <torch/extension.h>
+
+#include <string>
+
+#include "yoso_cpu_kernels.h"
+
+namespace {
+
+constexpr int64_t kMaxHashCodeLen = 16;
+
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), "yoso_cpu: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, "yoso_cpu: ", name, " must be ", dtype, ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, "yoso_cpu: ", name, " must have ", dims, " dims, got shape ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "yoso_cpu: ", name, " must be contiguous");
+}
+
+void check_tau(int64_t tau) {
+  TORCH_CHECK(tau >= 1 && tau <= kMaxHashCodeLen, "yoso_cpu: hash_code_len must be in [1, ",
+              kMaxHashCodeLen, "], got ", tau);
+}
+
+// Shared checks of the (query, key) sides of both cumulations; returns m.
+int64_t check_sides(const at::Tensor& query_mask, const at::Tensor& query_codes,
+                    const at::Tensor& key_mask, const at::Tensor& key_codes,
+                    const at::Tensor& value, int64_t tau) {
+  check_tau(tau);
+  check_tensor(query_mask, "query_mask", at::kBool, 2);
+  check_tensor(query_codes, "query_codes", at::kInt, 3);
+  check_tensor(key_mask, "key_mask", at::kBool, 2);
+  check_tensor(key_codes, "key_codes", at::kInt, 3);
+  check_tensor(value, "value", at::kFloat, 3);
+  const int64_t bh = query_codes.size(0), nq = query_codes.size(1), m = query_codes.size(2);
+  const int64_t nk = key_codes.size(1);
+  TORCH_CHECK(query_mask.size(0) == bh && query_mask.size(1) == nq,
+              "yoso_cpu: query_mask ", query_mask.sizes(), " does not match query_codes ",
+              query_codes.sizes());
+  TORCH_CHECK(key_codes.size(0) == bh && key_codes.size(2) == m, "yoso_cpu: key_codes ",
+              key_codes.sizes(), " does not match query_codes ", query_codes.sizes());
+  TORCH_CHECK(key_mask.size(0) == bh && key_mask.size(1) == nk, "yoso_cpu: key_mask ",
+              key_mask.sizes(), " does not match key_codes ", key_codes.sizes());
+  TORCH_CHECK(value.size(0) == bh && value.size(1) == nk, "yoso_cpu: value ", value.sizes(),
+              " does not match key_codes ", key_codes.sizes());
+  return m;
+}
+
+at::Tensor hash_gaussian(const at::Tensor& x, const at::Tensor& projection, int64_t tau) {
+  check_tau(tau);
+  check_tensor(x, "x", at::kFloat, 3);
+  check_tensor(projection, "projection", at::kFloat, 3);
+  const int64_t bh = x.size(0), n = x.size(1), d = x.size(2);
+  TORCH_CHECK(projection.size(0) == bh && projection.size(1) == d,
+              "yoso_cpu: projection ", projection.sizes(), " does not fit x ", x.sizes());
+  TORCH_CHECK(projection.size(2) % tau == 0, "yoso_cpu: projection width ", projection.size(2),
+              " is not a multiple of hash_code_len ", tau);
+  const int64_t m = projection.size(2) / tau;
+  at::Tensor codes = at::empty({bh, n, m}, x.options().dtype(at::kInt));
+  yoso_cpu::HashGaussianArgs args{x.data_ptr<float>(), projection.data_ptr<float>(),
+                                  codes.data_ptr<int32_t>(), bh, n, d, m, tau};
+  {
+    pybind11::gil_scoped_release no_gil;
+    yoso_cpu::hash_gaussian(args);
+  }
+  return codes;
+}
+
+at::Tensor hash_fast(const at::Tensor& x, const at::Tensor& signs, int64_t num_hashes,
+                     int64_t tau) {
+  check_tau(tau);
+  check_tensor(x, "x", at::kFloat, 3);
+  check_tensor(signs, "signs", at::kFloat, 4);
+  const int64_t bh = x.size(0), n = x.size(1), d = x.size(2);
+  const int64_t parts = signs.size(2), width = signs.size(3);
+  int64_t expected = 1;
+  while (expected < d || expected < tau) expected <<= 1;
+  TORCH_CHECK(signs.size(0) == bh && signs.size(1) == 3 && width == expected &&
+                  parts * (width / tau) >= num_hashes && num_hashes >= 1,
+              "yoso_cpu: signs ", signs.sizes(), " do not fit x ", x.sizes(), ", num_hashes=",
+              num_hashes, ", hash_code_len=", tau, " (expected [BH, 3, parts, ", expected, "])");
+  at::Tensor codes = at::empty({bh, n, num_hashes}, x.options().dtype(at::kInt));
+  yoso_cpu::HashFastArgs args{x.data_ptr<float>(), signs.data_ptr<float>(),
+                              codes.data_ptr<int32_t>(), bh, n, d, parts, width, num_hashes, tau};
+  {
+    pybind11::gil_scoped_release no_gil;
+    yoso_cpu::hash_fast(args);
+  }
+  return codes;
+}
+
+at::Tensor lsh_cumulation(const at::Tensor& query_mask, const at::Tensor& query_codes,
+                          const at::Tensor& key_mask, const at::Tensor& key_codes,
+                          const at::Tensor& value, int64_t tau) {
+  const int64_t m = check_sides(query_mask, query_codes, key_mask, key_codes, value, tau);
+  const int64_t bh = query_codes.size(0), nq = query_codes.size(1), nk = key_codes.size(1);
+  const int64_t dv = value.size(2);
+  at::Tensor out = at::zeros({bh, nq, dv}, value.options());
+  yoso_cpu::CumulationArgs args{query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),
+                                key_mask.data_ptr<bool>(),   key_codes.data_ptr<int32_t>(),
+                                value.data_ptr<float>(),     out.data_ptr<float>(),
+                                bh, nq, nk, m, dv, tau};
+  bool ok = true;
+  {
+    pybind11::gil_scoped_release no_gil;
+    ok = yoso_cpu::lsh_cumulation(args);
+  }
+  TORCH_CHECK(ok, "yoso_cpu: hash codes must lie in [0, 2**hash_code_len)");
+  return out;
+}
+
+at::Tensor lsh_weighted_cumulation(const at::Tensor& query_mask, const at::Tensor& query_codes,
+                                   const at::Tensor& query_weight, const at::Tensor& key_mask,
+                                   const at::Tensor& key_codes, const at::Tensor& key_weight,
+                                   const at::Tensor& value, int64_t tau) {
+  const int64_t m = check_sides(query_mask, query_codes, key_mask, key_codes, value, tau);
+  check_tensor(query_weight, "query_weight", at::kFloat, 3);
+  check_tensor(key_weight, "key_weight", at::kFloat, 3);
+  const int64_t bh = query_codes.size(0), nq = query_codes.size(1), nk = key_codes.size(1);
+  const int64_t dv = value.size(2), w = query_weight.size(2);
+  TORCH_CHECK(query_weight.size(0) == bh && query_weight.size(1) == nq,
+              "yoso_cpu: query_weight ", query_weight.sizes(), " does not match query_codes ",
+              query_codes.sizes());
+  TORCH_CHECK(key_weight.size(0) == bh && key_weight.size(1) == nk && key_weight.size(2) == w,
+              "yoso_cpu: key_weight ", key_weight.sizes(), " does not match key_codes ",
+              key_codes.sizes(), " and query_weight ", query_weight.sizes());
+  at::Tensor out = at::zeros({bh, nq, dv}, value.options());
+  yoso_cpu::WeightedArgs args{query_mask.data_ptr<bool>(),    query_codes.data_ptr<int32_t>(),
+                              query_weight.data_ptr<float>(), key_mask.data_ptr<bool>(),
+                              key_codes.data_ptr<int32_t>(),  key_weight.data_ptr<float>(),
+                              value.data_ptr<float>(),        out.data_ptr<float>(),
+                              bh, nq, nk, m, w, dv, tau};
+  bool ok = true;
+  {
+    pybind11::gil_scoped_release no_gil;
+    ok = yoso_cpu::lsh_weighted_cumulation(args);
+  }
+  TORCH_CHECK(ok, "yoso_cpu: hash codes must lie in [0, 2**hash_code_len)");
+  return out;
+}
+
+bool set_isa(const std::string& name) { return yoso_cpu::set_isa(name.c_str()); }
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "YOSO attention CPU kernels (see src/kernels/reference.py for the semantics)";
+  m.def("hash_gaussian", &hash_gaussian, "Random-hyperplane LSH codes", pybind11::arg("x"),
+        pybind11::arg("projection"), pybind11::arg("hash_code_len"));
+  m.def("hash_fast", &hash_fast, "Hadamard (fast) LSH codes", pybind11::arg("x"),
+        pybind11::arg("signs"), pybind11::arg("num_hashes"), pybind11::arg("hash_code_len"));
+  m.def("lsh_cumulation", &lsh_cumulation, "Hash-table cumulation averaged over hashes",
+        pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("key_mask"),
+        pybind11::arg("key_codes"), pybind11::arg("value"), pybind11::arg("hash_code_len"));
+  m.def("lsh_weighted_cumulation", &lsh_weighted_cumulation,
+        "Weighted hash cumulation (dQ/dK of the LSH backward)", pybind11::arg("query_mask"),
+        pybind11::arg("query_codes"), pybind11::arg("query_weight"), pybind11::arg("key_mask"),
+        pybind11::arg("key_codes"), pybind11::arg("key_weight"), pybind11::arg("value"),
+        pybind11::arg("hash_code_len"));
+  m.def("active_isa", [] { return std::string(yoso_cpu::active_isa()); },
+        "Instruction-set variant the kernels use (avx512, avx2 or baseline)");
+  m.def("supported_isas", [] { return std::string(yoso_cpu::supported_isas()); },
+        "Comma-separated variants this CPU can run, best first");
+  m.def("set_isa", &set_isa, "Force a variant (for tests); False if unsupported",
+        pybind11::arg("name"));
+}

@@ -1,0 +1,385 @@
+// YOSO CPU kernels: OpenMP drivers + per-instruction-set kernel bodies.
+//
+// The kernel bodies (yoso_cpu_isa.inc) are compiled three times: for the
+// x86-64 baseline (SSE2), for AVX2+FMA and for AVX-512, each under a
+// `#pragma GCC target` and in its own namespace; the best variant the running
+// CPU supports is picked at first use (runtime check), so the extension never
+// needs -march=native and runs on any x86-64 machine. YOSO_CPU_ISA=baseline|
+// avx2|avx512 forces a variant. Other architectures get the portable variant.
+//
+// Parallelism: work units are (batch-head, range of hashes); a unit owns the
+// output rows of its batch-head, so no atomics are needed. When there are
+// fewer batch-heads than threads, the hashes are split and partial outputs
+// are summed at the end.
+
+#include "yoso_cpu_kernels.h"
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace yoso_cpu {
+namespace detail {
+
+constexpr int64_t PAD = 16;  // buffer padding granularity: the widest vector (AVX-512)
+
+constexpr int64_t WEIGHTED_KEY_CHUNK = 128;   // keys packed per chunk (multiple of PAD)
+constexpr int64_t WEIGHTED_QUERY_CHUNK = 64;  // query rows per output chunk
+
+// Per-thread scratch of the weighted cumulation (layout documented in yoso_cpu_isa.inc).
+struct WeightedScratch {
+  int32_t* qcount;
+  int32_t* kcount;
+  int32_t* qidx;
+  int32_t* kidx;
+  float* bt;
+  float* vp;
+  float* sbuf;
+  float* obuf;
+  float* tbuf;
+  const float** arows;
+  const float** brows;
+  float** crows;
+};
+
+// Entry points of one ISA variant; see yoso_cpu_isa.inc for what they do.
+struct IsaKernels {
+  const char* name;
+  void (*hash_gaussian)(const HashGaussianArgs&, int64_t b, int64_t r0, int64_t r1, float* pbuf,
+                        float* ybuf, const float** rows);
+  void (*hash_fast)(const HashFastArgs&, int64_t b, int64_t r0, int64_t r1, float* ybuf);
+  bool (*cumulation)(const CumulationArgs&, int64_t b, int64_t h0, int64_t h1, float* out,
+                     float* table, int64_t cw_max, int64_t group);
+  bool (*weighted)(const WeightedArgs&, int64_t b, int64_t h0, int64_t h1, float* out,
+                   const WeightedScratch& s);
+};
+
+}  // namespace detail
+}  // namespace yoso_cpu
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define YOSO_X86 1
+#else
+#define YOSO_X86 0
+#endif
+
+// ---- portable / x86-64 baseline variant ----
+namespace yoso_cpu::detail::isa_baseline {
+using detail::IsaKernels;
+#define YOSO_ISA_NAME "baseline"
+#define YOSO_VEC_BYTES 16
+#define YOSO_MK_VECS 2
+#define YOSO_MK_ROWS {0, 8, 4}
+#include "yoso_cpu_isa.inc"
+#undef YOSO_ISA_NAME
+#undef YOSO_VEC_BYTES
+#undef YOSO_MK_ROWS
+#undef YOSO_MK_VECS
+}  // namespace yoso_cpu::detail::isa_baseline
+
+#if YOSO_X86
+// ---- AVX2 + FMA variant ----
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace yoso_cpu::detail::isa_avx2 {
+using detail::IsaKernels;
+#define YOSO_ISA_NAME "avx2"
+#define YOSO_VEC_BYTES 32
+#define YOSO_MK_VECS 2
+#define YOSO_MK_ROWS {0, 10, 6}
+#include "yoso_cpu_isa.inc"
+#undef YOSO_ISA_NAME
+#undef YOSO_VEC_BYTES
+#undef YOSO_MK_ROWS
+#undef YOSO_MK_VECS
+}  // namespace yoso_cpu::detail::isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+// ---- AVX-512 variant ----
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#endif
+namespace yoso_cpu::detail::isa_avx512 {
+using detail::IsaKernels;
+#define YOSO_ISA_NAME "avx512"
+#define YOSO_VEC_BYTES 64
+#define YOSO_MK_VECS 4
+#define YOSO_MK_ROWS {0, 12, 8, 6, 6}
+#include "yoso_cpu_isa.inc"
+#undef YOSO_ISA_NAME
+#undef YOSO_VEC_BYTES
+#undef YOSO_MK_ROWS
+#undef YOSO_MK_VECS
+}  // namespace yoso_cpu::detail::isa_avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // YOSO_X86
+
+namespace yoso_cpu {
+namespace detail {
+
+namespace {
+
+bool cpu_has(const char* isa) {
+  if (std::strcmp(isa, "baseline") == 0) return true;
+#if YOSO_X86
+  __builtin_cpu_init();
+  if (std::strcmp(isa, "avx2") == 0) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  if (std::strcmp(isa, "avx512") == 0) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+#endif
+  return false;
+}
+
+const IsaKernels* find_isa(const char* name) {
+#if YOSO_X86
+  if (std::strcmp(name, "avx512") == 0) return &isa_avx512::kernels;
+  if (std::strcmp(name, "avx2") == 0) return &isa_avx2::kernels;
+#endif
+  if (std::strcmp(name, "baseline") == 0) return &isa_baseline::kernels;
+  return nullptr;
+}
+
+const IsaKernels* best_isa() {
+  const char* forced = std::getenv("YOSO_CPU_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    const IsaKernels* isa = find_isa(forced);
+    if (isa != nullptr && cpu_has(forced)) return isa;
+  }
+  for (const char* name : {"avx512", "avx2", "baseline"}) {
+    const IsaKernels* isa = find_isa(name);
+    if (isa != nullptr && cpu_has(name)) return isa;
+  }
+  return &isa_baseline::kernels;
+}
+
+std::atomic<const IsaKernels*> g_isa{nullptr};
+
+const IsaKernels& isa() {
+  const IsaKernels* current = g_isa.load(std::memory_order_acquire);
+  if (current == nullptr) {
+    current = best_isa();
+    g_isa.store(current, std::memory_order_release);
+  }
+  return *current;
+}
+
+int64_t max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// How many hash ranges each batch-head is split into: 1 when the batch-heads
+// alone balance the threads, more (with private partial outputs) otherwise.
+int64_t hash_splits(int64_t bh, int64_t m, int64_t threads) {
+  if (threads <= 1 || bh % threads == 0 || bh >= 4 * threads) return 1;
+  const int64_t want = (4 * threads + bh - 1) / bh;
+  return want < m ? want : m;
+}
+
+// Runs task(unit, thread) for unit in [0, units) on the OpenMP team, dynamically scheduled.
+template <typename Task>
+void parallel_units(int64_t units, int64_t threads, const Task& task) {
+#ifdef _OPENMP
+  if (threads > 1 && units > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(threads))
+    for (int64_t u = 0; u < units; ++u) task(u, static_cast<int64_t>(omp_get_thread_num()));
+    return;
+  }
+#endif
+  for (int64_t u = 0; u < units; ++u) task(u, 0);
+}
+
+// Sums the partial outputs of split hash ranges into out.
+void reduce_splits(float* out, const std::vector<float>& partial, int64_t splits, int64_t size,
+                   int64_t threads) {
+  if (splits <= 1) return;
+  constexpr int64_t block = 1 << 14;
+  const int64_t blocks = (size + block - 1) / block;
+  parallel_units(blocks, threads, [&](int64_t u, int64_t) {
+    const int64_t lo = u * block, hi = lo + block < size ? lo + block : size;
+    for (int64_t s = 1; s < splits; ++s) {
+      const float* src = partial.data() + (s - 1) * size;
+      for (int64_t e = lo; e < hi; ++e) out[e] += src[e];
+    }
+  });
+}
+
+}  // namespace
+
+}  // namespace detail
+
+using detail::isa;
+
+void hash_gaussian(const HashGaussianArgs& args) {
+  constexpr int64_t rows_per_unit = 64;
+  const int64_t blocks = (args.n + rows_per_unit - 1) / rows_per_unit;
+  const int64_t units = args.bh * blocks;
+  if (units == 0 || args.m == 0) return;
+  const int64_t threads = detail::max_threads();
+  const int64_t np = detail::round_up(args.m * args.tau, detail::PAD);
+  const int64_t floats = (args.d + rows_per_unit) * np;
+  const int64_t ptrs = 2 * rows_per_unit + args.d;
+  std::vector<float> scratch(static_cast<size_t>(threads * floats));
+  std::vector<const float*> rows(static_cast<size_t>(threads * ptrs));
+  const detail::IsaKernels& kernels = isa();
+  detail::parallel_units(units, threads, [&](int64_t u, int64_t t) {
+    const int64_t b = u / blocks, r0 = (u % blocks) * rows_per_unit;
+    const int64_t r1 = r0 + rows_per_unit < args.n ? r0 + rows_per_unit : args.n;
+    float* pbuf = scratch.data() + t * floats;
+    kernels.hash_gaussian(args, b, r0, r1, pbuf, pbuf + args.d * np, rows.data() + t * ptrs);
+  });
+}
+
+void hash_fast(const HashFastArgs& args) {
+  constexpr int64_t rows_per_unit = 16;  // == FAST_ROWS of the kernels
+  const int64_t blocks = (args.n + rows_per_unit - 1) / rows_per_unit;
+  const int64_t units = args.bh * blocks;
+  if (units == 0 || args.m == 0) return;
+  const int64_t threads = detail::max_threads();
+  const int64_t floats = args.width * rows_per_unit;
+  std::vector<float> scratch(static_cast<size_t>(threads * floats));
+  const detail::IsaKernels& kernels = isa();
+  detail::parallel_units(units, threads, [&](int64_t u, int64_t t) {
+    const int64_t b = u / blocks, r0 = (u % blocks) * rows_per_unit;
+    const int64_t r1 = r0 + rows_per_unit < args.n ? r0 + rows_per_unit : args.n;
+    kernels.hash_fast(args, b, r0, r1, scratch.data() + t * floats);
+  });
+}
+
+bool lsh_cumulation(const CumulationArgs& args) {
+  if (args.bh == 0 || args.nq == 0 || args.nk == 0 || args.dv == 0 || args.m == 0) return true;
+  const int64_t threads = detail::max_threads();
+  const int64_t buckets = int64_t{1} << args.tau;
+  // Column chunk of the tables: all of dv up to 64 floats, narrower for huge tables.
+  int64_t cw_max = detail::round_up(args.dv < 64 ? args.dv : 64, detail::PAD);
+  constexpr int64_t max_table_bytes = int64_t{4} << 20;
+  while (cw_max > detail::PAD && buckets * cw_max * 4 > max_table_bytes) cw_max -= detail::PAD;
+  // Hashes whose tables are built together (each value row is read once per group).
+  constexpr int64_t group_bytes = int64_t{256} << 10;
+  int64_t group = group_bytes / (buckets * cw_max * 4);
+  group = group < 1 ? 1 : (group > args.m ? args.m : group);
+  const int64_t table_floats = group * buckets * cw_max;
+
+  const int64_t splits = detail::hash_splits(args.bh, args.m, threads);
+  const int64_t out_size = args.bh * args.nq * args.dv;
+  std::vector<float> partial(static_cast<size_t>((splits - 1) * out_size), 0.f);
+  std::vector<float> tables(static_cast<size_t>(threads * table_floats), 0.f);
+  const detail::IsaKernels& kernels = isa();
+  std::atomic<bool> ok{true};
+  detail::parallel_units(args.bh * splits, threads, [&](int64_t u, int64_t t) {
+    const int64_t b = u / splits, s = u % splits;
+    const int64_t h0 = s * args.m / splits, h1 = (s + 1) * args.m / splits;
+    float* out = (s == 0 ? args.out : partial.data() + (s - 1) * out_size) + b * args.nq * args.dv;
+    if (!kernels.cumulation(args, b, h0, h1, out, tables.data() + t * table_floats, cw_max, group)) {
+      ok.store(false, std::memory_order_relaxed);
+    }
+  });
+  detail::reduce_splits(args.out, partial, splits, out_size, threads);
+  return ok.load();
+}
+
+bool lsh_weighted_cumulation(const WeightedArgs& args) {
+  if (args.bh == 0 || args.nq == 0 || args.nk == 0 || args.dv == 0 || args.m == 0) return true;
+  const int64_t threads = detail::max_threads();
+  const int64_t buckets = int64_t{1} << args.tau;
+  constexpr int64_t kc = detail::WEIGHTED_KEY_CHUNK, qc = detail::WEIGHTED_QUERY_CHUNK;
+  const int64_t dvp = detail::round_up(args.dv, detail::PAD);
+  const int64_t ints = 2 * buckets + args.nq + args.nk;
+  const int64_t floats = args.w * kc + kc * dvp + qc * kc + qc * dvp + args.w * dvp;
+  const int64_t ptrs = args.w > kc ? args.w : kc;  // kc >= qc
+  std::vector<int32_t> int_scratch(static_cast<size_t>(threads * ints));
+  std::vector<float> float_scratch(static_cast<size_t>(threads * floats));
+  std::vector<const float*> ptr_scratch(static_cast<size_t>(threads * 3 * ptrs));
+  std::vector<detail::WeightedScratch> scratch(static_cast<size_t>(threads));
+  for (int64_t t = 0; t < threads; ++t) {
+    int32_t* ip = int_scratch.data() + t * ints;
+    float* fp = float_scratch.data() + t * floats;
+    detail::WeightedScratch& s = scratch[static_cast<size_t>(t)];
+    s.qcount = ip;
+    s.kcount = ip + buckets;
+    s.qidx = ip + 2 * buckets;
+    s.kidx = ip + 2 * buckets + args.nq;
+    s.bt = fp;
+    s.vp = s.bt + args.w * kc;
+    s.sbuf = s.vp + kc * dvp;
+    s.obuf = s.sbuf + qc * kc;
+    s.tbuf = s.obuf + qc * dvp;
+    s.arows = ptr_scratch.data() + t * 3 * ptrs;
+    s.brows = s.arows + ptrs;
+    s.crows = const_cast<float**>(s.brows + ptrs);
+  }
+  const int64_t splits = detail::hash_splits(args.bh, args.m, threads);
+  const int64_t out_size = args.bh * args.nq * args.dv;
+  std::vector<float> partial(static_cast<size_t>((splits - 1) * out_size), 0.f);
+  const detail::IsaKernels& kernels = isa();
+  std::atomic<bool> ok{true};
+  detail::parallel_units(args.bh * splits, threads, [&](int64_t u, int64_t t) {
+    const int64_t b = u / splits, s = u % splits;
+    const int64_t h0 = s * args.m / splits, h1 = (s + 1) * args.m / splits;
+    float* out = (s == 0 ? args.out : partial.data() + (s - 1) * out_size) + b * args.nq * args.dv;
+    if (!kernels.weighted(args, b, h0, h1, out, scratch[static_cast<size_t>(t)])) {
+      ok.store(false, std::memory_order_relaxed);
+    }
+  });
+  detail::reduce_splits(args.out, partial, splits, out_size, threads);
+  return ok.load();
+}
+
+const char* active_isa() { return isa().name; }
+
+const char* supported_isas() {
+  static const char* names = [] {
+    static std::string joined;
+    for (const char* name : {"avx512", "avx2", "baseline"}) {
+      if (detail::find_isa(name) != nullptr && detail::cpu_has(name)) {
+        if (!joined.empty()) joined += ",";
+        joined += name;
+      }
+    }
+    return joined.c_str();
+  }();
+  return names;
+}
+
+bool set_isa(const char* name) {
+  const detail::IsaKernels* found = detail::find_isa(name);
+  if (found == nullptr || !detail::cpu_has(name)) return false;
+  detail::g_isa.store(found, std::memory_order_release);
+  return true;
+}
+
+}  // namespace yoso_cpu

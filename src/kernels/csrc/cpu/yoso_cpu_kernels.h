@@ -1,0 +1,64 @@
+// Raw-pointer interface of the YOSO CPU kernels (no torch headers, so that the
+// kernel translation unit compiles quickly and stays independent of ATen).
+//
+// Layouts follow src/kernels/reference.py: everything is a flattened batch of
+// heads, row-major and contiguous. Codes are int32 [BH, n, m]; masks are bool
+// [BH, n]; outputs are float32 and must be zero-initialised by the caller.
+#pragma once
+
+#include <cstdint>
+
+namespace yoso_cpu {
+
+struct HashGaussianArgs {
+  const float* x;           // [BH, n, d]
+  const float* projection;  // [BH, d, m * tau]
+  int32_t* codes;           // [BH, n, m]
+  int64_t bh, n, d, m, tau;
+};
+
+struct HashFastArgs {
+  const float* x;      // [BH, n, d]
+  const float* signs;  // [BH, 3, parts, width]
+  int32_t* codes;      // [BH, n, m]
+  int64_t bh, n, d, parts, width, m, tau;
+};
+
+struct CumulationArgs {
+  const bool* query_mask;     // [BH, nq]
+  const int32_t* query_codes; // [BH, nq, m]
+  const bool* key_mask;       // [BH, nk]
+  const int32_t* key_codes;   // [BH, nk, m]
+  const float* value;         // [BH, nk, dv]
+  float* out;                 // [BH, nq, dv], zero on entry
+  int64_t bh, nq, nk, m, dv, tau;
+};
+
+struct WeightedArgs {
+  const bool* query_mask;
+  const int32_t* query_codes;
+  const float* query_weight;  // [BH, nq, w]
+  const bool* key_mask;
+  const int32_t* key_codes;
+  const float* key_weight;    // [BH, nk, w]
+  const float* value;         // [BH, nk, dv]
+  float* out;                 // [BH, nq, dv], zero on entry
+  int64_t bh, nq, nk, m, w, dv, tau;
+};
+
+void hash_gaussian(const HashGaussianArgs& args);
+void hash_fast(const HashFastArgs& args);
+// The cumulations return false (output unspecified) if a code is outside
+// [0, 2^tau): codes index the hash tables, so they are always range-checked.
+bool lsh_cumulation(const CumulationArgs& args);
+bool lsh_weighted_cumulation(const WeightedArgs& args);
+
+// Instruction-set variant used by the kernels: "avx512", "avx2" or "baseline".
+// Chosen at first use from the CPU (runtime check) and YOSO_CPU_ISA if set.
+const char* active_isa();
+// Comma-separated variants this CPU can run, best first.
+const char* supported_isas();
+// Force a variant (tests compare them); returns false if unknown/unsupported.
+bool set_isa(const char* name);
+
+}  // namespace yoso_cpu

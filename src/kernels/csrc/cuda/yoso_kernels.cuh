@@ -1,0 +1,81 @@
+// Host-side API of the YOSO CUDA kernels (yoso_kernels.cu).
+//
+// Plain C launchers: raw device pointers, sizes and a stream; no torch types,
+// so the .cu file compiles with plain nvcc and the torch binding (binding.cpp)
+// only needs this header. Semantics are those of the functions with the same
+// names in src/kernels/reference.py:
+// - all tensors are contiguous, batched over BH = batch x heads;
+// - codes are int32 in [0, 2**tau); masks are bool (one byte, 0 or 1);
+// - cumulations average over the m hashes and accumulate in float32.
+// Codes outside [0, 2**tau) never cause an out-of-bounds access: such a hash
+// simply collides with nothing.
+//
+// Every launcher returns cudaSuccess or the CUDA error of the failing call
+// (including launch errors, checked with cudaGetLastError). Zero-sized
+// problems launch nothing and succeed. The launchers are asynchronous on
+// `stream` and do not synchronise.
+#ifndef YOSO_KERNELS_CUH_
+#define YOSO_KERNELS_CUH_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Largest supported hash code length (tables have 2**tau rows).
+#define YOSO_MAX_HASH_CODE_LEN 16
+// Upper bound on the float32 hash-table workspace of the cumulations (bytes);
+// larger problems are processed in chunks of heads, hashes and columns.
+#define YOSO_TABLE_BUDGET_BYTES (256ull << 20)
+
+// codes[b, i, h] = sum_t [ (x[b, i, :] . projection[b, :, h * tau + t]) > 0 ] << t
+//   x: f32 [bh, n, d]; projection: f32 [bh, d, proj_cols]; codes: i32 [bh, n, m]
+//   with m = proj_cols / tau (extra columns are ignored, as in the reference).
+cudaError_t yoso_hash_gaussian(const float* x, const float* projection, int32_t* codes,
+                               int64_t bh, int64_t n, int64_t d, int64_t proj_cols,
+                               int tau, cudaStream_t stream);
+
+// Fast (Hadamard) hash: y = H D3 H D2 H D1 pad(x) per rotation p;
+// hash p * (width / tau) + s uses bits s * tau .. s * tau + tau - 1 of y.
+//   x: f32 [bh, n, d]; signs: f32 [bh, 3, parts, width]; codes: i32 [bh, n, m].
+//   width must be the power of two >= max(d, tau) and parts * (width / tau) >= m.
+// Returns cudaErrorInvalidValue when the sizes do not fit, and
+// cudaErrorInvalidConfiguration when `width` floats exceed the shared memory of the device.
+cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes,
+                           int64_t bh, int64_t n, int64_t d, int64_t parts, int64_t width,
+                           int64_t m, int tau, cudaStream_t stream);
+
+// Bytes of device workspace that yoso_lsh_cumulation / yoso_lsh_weighted_cumulation
+// need (at most YOSO_TABLE_BUDGET_BYTES). Pass weight_dim = 1 for the plain cumulation.
+size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t weight_dim,
+                                           int64_t dv, int tau);
+
+// out[b, i] = mq[b, i] / m * sum_h sum_j mk[b, j] [qc[b, i, h] == kc[b, j, h]] v[b, j]
+//   query_mask: bool [bh, nq]; query_codes: i32 [bh, nq, m]
+//   key_mask: bool [bh, nk]; key_codes: i32 [bh, nk, m]; value: f32 [bh, nk, dv]
+//   out: f32 [bh, nq, dv] (fully written); workspace: >= workspace_bytes(bh, m, 1, dv, tau).
+cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_codes,
+                                const bool* key_mask, const int32_t* key_codes,
+                                const float* value, float* out, void* workspace,
+                                int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv,
+                                int tau, cudaStream_t stream);
+
+// out[b, i] = mq / m * sum_h sum_j mk [qc == kc] (qw[b, i, :] . kw[b, j, :]) v[b, j]
+//   query_weight: f32 [bh, nq, w]; key_weight: f32 [bh, nk, w]; other arguments as above;
+//   workspace: >= workspace_bytes(bh, m, w, dv, tau).
+cudaError_t yoso_lsh_weighted_cumulation(const bool* query_mask, const int32_t* query_codes,
+                                         const float* query_weight, const bool* key_mask,
+                                         const int32_t* key_codes, const float* key_weight,
+                                         const float* value, float* out, void* workspace,
+                                         int64_t bh, int64_t nq, int64_t nk, int64_t m,
+                                         int64_t w, int64_t dv, int tau, cudaStream_t stream);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
+
+#endif  // YOSO_KERNELS_CUH_
