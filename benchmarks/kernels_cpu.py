@@ -54,8 +54,14 @@ def yoso_step(tensors, backend: str, num_hashes: int, tau: int, hashing: str, se
         for tensor in (query, key, value):
             tensor.grad = None
         out = yoso_attention(
-            query, key, value, num_hashes=num_hashes, hash_code_len=tau, hashing=hashing,
-            backend=backend, generator=generator,
+            query,
+            key,
+            value,
+            num_hashes=num_hashes,
+            hash_code_len=tau,
+            hashing=hashing,
+            backend=backend,
+            generator=generator,
         )
         out.backward(grad.detach())
 
@@ -97,7 +103,9 @@ def main() -> None:
         f"B*H={args.batch_heads}, d={args.dim}, fp32, {torch.get_num_threads()} threads, "
         f"cpu kernels: {isa}; median of {args.repeats}"
     )
-    header = f"{'n':>7} | {'reference s':>11} | {'cpu s':>8} | {'ref/cpu':>7} | {'sdpa s':>8} | {'sdpa/cpu':>8}"
+    columns = ("n", "reference s", "cpu s", "ref/cpu", "sdpa s", "sdpa/cpu")
+    widths = (7, 11, 8, 7, 8, 8)
+    header = " | ".join(f"{name:>{width}}" for name, width in zip(columns, widths))
     print(header)
     print("-" * len(header))
     cpu_times = {}

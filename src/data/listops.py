@@ -16,6 +16,7 @@ any file is read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,11 @@ def load_split(path: str | Path, tokenization: str, max_length: int) -> tuple[Li
     return ListOpsDataset(flat, offsets, np.asarray(labels, dtype=np.int64)), truncated
 
 
+GENERATION_RECORD = "generation.json"
+GENERATION_KEYS = ("num_train", "num_val", "num_test", "min_tree_length", "max_tree_length",
+                   "max_depth", "max_args", "seed")
+
+
 class ListOpsDataModule(pl.LightningDataModule):
     """LRA ListOps (10-way classification of an expression's value).
 
@@ -254,6 +260,7 @@ class ListOpsDataModule(pl.LightningDataModule):
         paths = {split: self.split_path(split) for split in SPLITS}
         present = [p for p in paths.values() if p.is_file()]
         if len(present) == len(paths):
+            self._check_generation_record()
             return
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if present:
@@ -284,12 +291,39 @@ class ListOpsDataModule(pl.LightningDataModule):
             max_args=hp.max_args,
             seed=hp.seed,
         )
+        record = self.data_dir / GENERATION_RECORD
+        record.write_text(json.dumps(self._generation_options(), indent=2, sort_keys=True) + "\n")
         rank_zero_warn(
             f"Generated ListOps data with src.data.listops_generator into {self.data_dir}: "
             f"{hp.num_train} train, {hp.num_val} val, {hp.num_test} test examples "
             f"(seed {hp.seed}, tree length in ({hp.min_tree_length}, {hp.max_tree_length})). "
             "This is not the official LRA file; for that use lra_release/listops-1000."
         )
+
+    def _generation_options(self) -> dict[str, int]:
+        return {key: int(self.hparams[key]) for key in GENERATION_KEYS}
+
+    def _check_generation_record(self) -> None:
+        """Data we generated earlier with other options must not be reused silently."""
+        record = self.data_dir / GENERATION_RECORD
+        if not record.is_file():
+            return  # official or hand-made files: nothing to compare
+        try:
+            recorded = json.loads(record.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{record} is not valid JSON ({error}); delete it or the whole folder"
+            ) from error
+        wanted = self._generation_options()
+        differing = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+        if differing:
+            shown = ", ".join(
+                f"{k}: folder has {old}, config asks {new}" for k, (old, new) in differing.items()
+            )
+            raise ValueError(
+                f"ListOps data in {self.data_dir} was generated with other options ({shown}). "
+                "Delete the folder to regenerate it, or set data_dir to another folder."
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Read and tokenise the splits ``stage`` needs (all of them for ``None``)."""

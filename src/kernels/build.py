@@ -133,7 +133,9 @@ def _cuda_fingerprint() -> list[str]:
     """CUDA version and the GPU architectures the build targets."""
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if not arch and torch.cuda.is_available():
-        capabilities = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        capabilities = {
+            torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())
+        }
         arch = ";".join(f"{major}.{minor}" for major, minor in sorted(capabilities))
     from torch.utils.cpp_extension import CUDA_HOME
 
@@ -268,7 +270,7 @@ def load_extension(
             f"rerun with verbose=True for the full log): {type(error).__name__}: {detail}"
         ) from error
     print(
-        f"Built YOSO {name} extension in {time.perf_counter() - start:.0f} s.",
+        f"YOSO {name} extension ready after {time.perf_counter() - start:.0f} s.",
         file=sys.stderr,
         flush=True,
     )

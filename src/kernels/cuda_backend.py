@@ -16,11 +16,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
 
 import torch
-
-from src.kernels import reference
 
 EXTENSION_NAME = "yoso_cuda_kernels"
 CSRC_DIR = Path(__file__).resolve().parent / "csrc" / "cuda"
@@ -79,94 +76,6 @@ def build_extension(verbose: bool = False) -> ModuleType:
     return module
 
 
-def _float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to(torch.float32).contiguous()
-
-
-def _mask(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to(torch.bool).contiguous()
-
-
-def _codes(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to(torch.int32).contiguous()
-
-
-def _make_ops(ext: Any) -> SimpleNamespace:
-    def hash_gaussian(
-        x: torch.Tensor, projection: torch.Tensor, hash_code_len: int
-    ) -> torch.Tensor:
-        reference.check_hash_code_len(hash_code_len)
-        return ext.hash_gaussian(_float(x), _float(projection), hash_code_len)
-
-    def hash_fast(
-        x: torch.Tensor, signs: torch.Tensor, num_hashes: int, hash_code_len: int
-    ) -> torch.Tensor:
-        reference.check_hash_code_len(hash_code_len)
-        width = signs.shape[-1]
-        per_part = width // hash_code_len
-        if (
-            x.dim() != 3
-            or signs.dim() != 4
-            or width != reference.fast_hash_dim(x.shape[-1], hash_code_len)
-            or signs.shape[2] * per_part < num_hashes
-        ):
-            raise ValueError(
-                f"signs of shape {tuple(signs.shape)} do not fit x of shape {tuple(x.shape)}, "
-                f"num_hashes={num_hashes}, hash_code_len={hash_code_len}"
-            )
-        return ext.hash_fast(_float(x), _float(signs), num_hashes, hash_code_len)
-
-    def lsh_cumulation(
-        query_mask: torch.Tensor,
-        query_codes: torch.Tensor,
-        key_mask: torch.Tensor,
-        key_codes: torch.Tensor,
-        value: torch.Tensor,
-        hash_code_len: int,
-    ) -> torch.Tensor:
-        reference.check_hash_code_len(hash_code_len)
-        return ext.lsh_cumulation(
-            _mask(query_mask),
-            _codes(query_codes),
-            _mask(key_mask),
-            _codes(key_codes),
-            _float(value),
-            hash_code_len,
-        )
-
-    def lsh_weighted_cumulation(
-        query_mask: torch.Tensor,
-        query_codes: torch.Tensor,
-        query_weight: torch.Tensor,
-        key_mask: torch.Tensor,
-        key_codes: torch.Tensor,
-        key_weight: torch.Tensor,
-        value: torch.Tensor,
-        hash_code_len: int,
-    ) -> torch.Tensor:
-        reference.check_hash_code_len(hash_code_len)
-        return ext.lsh_weighted_cumulation(
-            _mask(query_mask),
-            _codes(query_codes),
-            _float(query_weight),
-            _mask(key_mask),
-            _codes(key_codes),
-            _float(key_weight),
-            _float(value),
-            hash_code_len,
-        )
-
-    return SimpleNamespace(
-        name="cuda",
-        device_type="cuda",
-        extension=ext,
-        hash_gaussian=hash_gaussian,
-        hash_fast=hash_fast,
-        lsh_cumulation=lsh_cumulation,
-        lsh_weighted_cumulation=lsh_weighted_cumulation,
-    )
-
-
 def load(verbose: bool = False) -> SimpleNamespace:
     """Build the extension and return the ``"cuda"`` backend.
 
@@ -182,4 +91,6 @@ def load(verbose: bool = False) -> SimpleNamespace:
             "the CUDA backend needs a GPU: torch.cuda.is_available() is False "
             "(no NVIDIA driver or no visible device)"
         )
-    return _make_ops(build_extension(verbose=verbose))
+    from src.kernels.compiled_ops import make_backend
+
+    return make_backend("cuda", build_extension(verbose=verbose))

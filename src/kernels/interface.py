@@ -60,8 +60,10 @@ def hash_codes(
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dim; an all-zero row stays 0 (value and gradient), never NaN."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    safe = norm.clamp_min(torch.finfo(x.dtype).tiny)
-    return torch.where(norm > 0, x / safe, torch.zeros_like(x))
+    # Scale by 1/norm, and by 0 where the row is all zeros: one pass over x, and
+    # the zero rows get a zero gradient instead of the huge 1/eps of a clamp.
+    inverse = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    return x * inverse
 
 
 def as_bool_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:

@@ -302,3 +302,15 @@ def test_datamodule_missing_data_errors(tmp_path: Path) -> None:
         _datamodule(tmp_path).prepare_data()
     with pytest.raises(ValueError, match="tokenization"):
         ListOpsDataModule(data_dir=str(tmp_path), tokenization="chars")
+
+
+def test_generated_data_with_other_options_is_not_reused(tmp_path):
+    from src.data.listops import ListOpsDataModule
+
+    options = dict(data_dir=str(tmp_path), num_train=20, num_val=5, num_test=5, min_tree_length=5,
+                   max_tree_length=30, max_depth=3, max_args=3)
+    ListOpsDataModule(**options).prepare_data()
+    assert (tmp_path / "generation.json").is_file()
+    ListOpsDataModule(**options).prepare_data()  # same options: reused
+    with pytest.raises(ValueError, match="num_train: folder has 20, config asks 30"):
+        ListOpsDataModule(**{**options, "num_train": 30}).prepare_data()

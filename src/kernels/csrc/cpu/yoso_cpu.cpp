@@ -11,7 +11,12 @@
 //                           kweight f32[BH,nk,w], value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
 // Semantics are those of the functions with the same names in reference.py.
 
-#include <torch/extension.h>
+// Only the headers needed (not <torch/extension.h>): the JIT build of this file
+// takes ~8 s instead of ~20 s.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <string>
 

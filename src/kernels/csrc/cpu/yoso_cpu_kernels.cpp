@@ -33,6 +33,7 @@ constexpr int64_t PAD = 16;  // buffer padding granularity: the widest vector (A
 
 constexpr int64_t WEIGHTED_KEY_CHUNK = 128;   // keys packed per chunk (multiple of PAD)
 constexpr int64_t WEIGHTED_QUERY_CHUNK = 64;  // query rows per output chunk
+constexpr int64_t WEIGHTED_SORT_HASHES = 8;   // hashes whose codes are transposed together
 
 // Per-thread scratch of the weighted cumulation (layout documented in yoso_cpu_isa.inc).
 struct WeightedScratch {
@@ -40,6 +41,8 @@ struct WeightedScratch {
   int32_t* kcount;
   int32_t* qidx;
   int32_t* kidx;
+  int32_t* qcodes_t;
+  int32_t* kcodes_t;
   float* bt;
   float* vp;
   float* sbuf;
@@ -318,7 +321,7 @@ bool lsh_weighted_cumulation(const WeightedArgs& args) {
   const int64_t buckets = int64_t{1} << args.tau;
   constexpr int64_t kc = detail::WEIGHTED_KEY_CHUNK, qc = detail::WEIGHTED_QUERY_CHUNK;
   const int64_t dvp = detail::round_up(args.dv, detail::PAD);
-  const int64_t ints = 2 * buckets + args.nq + args.nk;
+  const int64_t ints = 2 * buckets + (1 + detail::WEIGHTED_SORT_HASHES) * (args.nq + args.nk);
   const int64_t floats = args.w * kc + kc * dvp + qc * kc + qc * dvp + args.w * dvp;
   const int64_t ptrs = args.w > kc ? args.w : kc;  // kc >= qc
   std::vector<int32_t> int_scratch(static_cast<size_t>(threads * ints));
@@ -332,7 +335,9 @@ bool lsh_weighted_cumulation(const WeightedArgs& args) {
     s.qcount = ip;
     s.kcount = ip + buckets;
     s.qidx = ip + 2 * buckets;
-    s.kidx = ip + 2 * buckets + args.nq;
+    s.kidx = s.qidx + args.nq;
+    s.qcodes_t = s.kidx + args.nk;
+    s.kcodes_t = s.qcodes_t + detail::WEIGHTED_SORT_HASHES * args.nq;
     s.bt = fp;
     s.vp = s.bt + args.w * kc;
     s.sbuf = s.vp + kc * dvp;
