@@ -398,3 +398,26 @@ def test_forward_backward_match_reference_backend(hashing, lsh_backward):
         else:  # a Gaussian bit may flip where a projection is ~0: allow a few rows
             assert close.float().mean().item() > 0.99, name
     assert not bool(results["cuda"][0][1, :, 150:].any()), "padded queries must output 0"
+
+
+def test_same_seed_replays_on_cuda():
+    """torch.manual_seed replays a run. The tables are summed with atomicAdd, so the
+    order of float additions may differ between calls: equal up to float32 rounding."""
+    from src.kernels import yoso_attention
+
+    gen = generator(12)
+    q, k, v = (torch.randn(2, 4, 777, 64, device=CUDA, generator=gen) for _ in range(3))
+    mask = torch.ones(2, 777, device=CUDA)
+    mask[1, 500:] = 0
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(21)
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = yoso_attention(*leaves, mask, num_hashes=32, hash_code_len=8, backend="cuda")
+        out.sum().backward()
+        runs.append([out.detach(), *(t.grad for t in leaves)])
+    for first, second in zip(*runs):
+        torch.testing.assert_close(first, second, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(22)
+    other = yoso_attention(q, k, v, mask, num_hashes=32, hash_code_len=8, backend="cuda")
+    assert not torch.allclose(other, runs[0][0])
