@@ -9,6 +9,7 @@ configs never repeat them.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -55,7 +56,14 @@ def _num_classes(data: object) -> int:
 
 def main(args: list[str] | None = None) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the test metrics."""
+    argv = sys.argv[1:] if args is None else args
+    if not argv:
+        raise SystemExit(
+            "usage: python train.py --config <yaml> [--config <yaml> ...] [--section.key value ...]\n"
+            "e.g.   python train.py --config configs/quickstart.yaml   (see --help and configs/)"
+        )
     cli = TrainCLI(
+        auto_configure_optimizers=False,  # the modules build their own optimizer and schedule
         save_config_kwargs={"overwrite": True},
         trainer_defaults=DEFAULT_TRAINER,
         run=False,

@@ -99,3 +99,9 @@ def test_bad_override_is_a_clear_error():
     done = run_train("--config", "configs/quickstart.yaml", "--model.init_args.pooling=max", timeout=120)
     assert done.returncode != 0
     assert "pooling" in done.stderr
+
+
+def test_no_arguments_prints_usage():
+    done = run_train(timeout=120)
+    assert done.returncode != 0
+    assert "--config configs/quickstart.yaml" in done.stderr
