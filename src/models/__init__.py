@@ -1,0 +1,1 @@
+"""Attention modules, the shared encoder and the task LightningModules."""
