@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.models.encoder import TransformerEncoder
+from src.models.components.encoder import TransformerEncoder
 from src.models.schedules import warmup_then_decay
 
 POOLINGS = ("mean", "cls")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.models.encoder import TransformerEncoder
+from src.models.components.encoder import TransformerEncoder
 from src.models.lra_module import SequenceClassifier, masked_mean
 
 

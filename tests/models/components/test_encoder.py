@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.models.encoder import TransformerEncoder
+from src.models.components.encoder import TransformerEncoder
 
 
 def toy_batch(batch=3, length=21, vocab=17, seed=0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.models.attention import SoftmaxAttention, YOSOAttention, build_attention
+from src.models.components.attention import SoftmaxAttention, YOSOAttention, build_attention
 
 
 def inputs(b=2, h=2, n=33, d=24, seed=0, dtype=torch.float32):

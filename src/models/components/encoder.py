@@ -9,7 +9,7 @@ pairs), then ``depth`` layers of
 
 (pre-LayerNorm, as in the LRA code the YOSO paper used; ``norm_first=False``
 gives the post-LN BERT layout), and a final LayerNorm. The attention is picked
-by name from ``src.models.attention``.
+by name from ``src.models.components.attention``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.models.attention import build_attention
+from src.models.components.attention import build_attention
 
 
 class MultiHeadSelfAttention(nn.Module):

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` building blocks: attentions, the shared encoder, heads."""
