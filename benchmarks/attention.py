@@ -63,7 +63,7 @@ def run_worker(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from src.models.attention import SoftmaxAttention, YOSOAttention
+    from src.models.components.attention import SoftmaxAttention, YOSOAttention
 
     spec = parse_attention(args.attention)
     device = torch.device(args.device)
