@@ -1,12 +1,11 @@
 """Attention modules over ``[B, H, n, d]`` queries, keys and values.
 
 Every module has the same call, ``forward(q, k, v, mask) -> [B, H, n, d]``, so
-the shared encoder can swap them by name through ``build_attention``.
+the shared encoder can take any of them, or a user's class with the same
+constructor head ``(num_heads, head_dim, ...)``, as a factory from the config.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from torch import nn
 
 from src.kernels import yoso_attention
 from src.kernels.interface import as_bool_mask
+from src.models.components.sequence_conv import SequenceConv
 
 
 class YOSOAttention(nn.Module):
@@ -22,8 +22,10 @@ class YOSOAttention(nn.Module):
     Args:
         num_heads: heads ``H``; the YOSO-C convolution has one filter per head.
         head_dim: per-head dim ``d``.
+        hash_code_len: ``tau`` bits per hash. Required: tau belongs to the task (ListOps 11,
+            Text/Retrieval 12, Image/Pathfinder 10, language models 9), so a config that
+            lost it fails here instead of training with a silent default.
         num_hashes: ``m`` hashes of the sampling estimator.
-        hash_code_len: ``tau`` bits per hash.
         expectation: YOSO-E (quadratic, exact expectation) instead of sampling.
         conv_window: odd kernel size of the depthwise convolution on ``V`` (YOSO-C), or None.
         lsh_backward: the paper's linear LSH backward; False uses the expectation backward.
@@ -35,8 +37,9 @@ class YOSOAttention(nn.Module):
         self,
         num_heads: int,
         head_dim: int,
+        *,
+        hash_code_len: int,
         num_hashes: int = 32,
-        hash_code_len: int = 8,
         expectation: bool = False,
         conv_window: int | None = None,
         lsh_backward: bool = True,
@@ -44,8 +47,6 @@ class YOSOAttention(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        if conv_window is not None and (conv_window < 1 or conv_window % 2 == 0):
-            raise ValueError(f"conv_window must be a positive odd int (e.g. 31 or 65), got {conv_window}")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.num_hashes = num_hashes
@@ -54,16 +55,7 @@ class YOSOAttention(nn.Module):
         self.lsh_backward = lsh_backward
         self.hashing = hashing
         self.backend = backend
-        self.conv = None
-        if conv_window is not None:
-            self.conv = nn.Conv2d(
-                num_heads,
-                num_heads,
-                kernel_size=(conv_window, 1),
-                padding=(conv_window // 2, 0),
-                groups=num_heads,
-                bias=False,
-            )
+        self.conv = SequenceConv(num_heads, conv_window) if conv_window is not None else None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
@@ -81,9 +73,7 @@ class YOSOAttention(nn.Module):
             backend=self.backend,
         )
         if self.conv is not None:
-            key_mask = as_bool_mask(mask, v.shape[0], v.shape[2], v.device)
-            masked_v = v * key_mask[:, None, :, None].to(v.dtype)
-            out = out + self.conv(masked_v)
+            out = out + self.conv(v, as_bool_mask(mask, v.shape[0], v.shape[2], v.device))
         return out
 
     def extra_repr(self) -> str:
@@ -124,21 +114,3 @@ class SoftmaxAttention(nn.Module):
 
     def _dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
-
-
-ATTENTIONS: dict[str, type[nn.Module]] = {
-    "softmax": SoftmaxAttention,
-    "yoso": YOSOAttention,
-}
-
-
-def register_attention(name: str, cls: type[nn.Module]) -> None:
-    """Make ``cls`` (same constructor head and forward as the built-ins) nameable in configs."""
-    ATTENTIONS[name] = cls
-
-
-def build_attention(name: str, num_heads: int, head_dim: int, **options: Any) -> nn.Module:
-    """Instantiate the attention called ``name`` (e.g. from a config) with its options."""
-    if name not in ATTENTIONS:
-        raise ValueError(f"unknown attention {name!r}; choose one of {sorted(ATTENTIONS)}")
-    return ATTENTIONS[name](num_heads=num_heads, head_dim=head_dim, **options)

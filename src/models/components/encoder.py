@@ -8,26 +8,27 @@ pairs), then ``depth`` layers of
     x = x + Dropout(FFN(LN(x)))        FFN = Linear -> GELU -> Dropout -> Linear
 
 (pre-LayerNorm, as in the LRA code the YOSO paper used; ``norm_first=False``
-gives the post-LN BERT layout), and a final LayerNorm. The attention is picked
-by name from ``src.models.components.attention``.
+gives the post-LN BERT layout), and a final LayerNorm. The attention is a
+factory called as ``attention(num_heads, head_dim)`` once per layer: a class
+from ``src.models.components`` (or any user class with that constructor head),
+usually given by a config as ``class_path`` + ``init_args``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from src.models.components.attention import build_attention
+AttentionFactory = Callable[[int, int], nn.Module]
+"""Builds one layer's attention from ``(num_heads, head_dim)``; ``forward(q, k, v, mask)``."""
 
 
 class MultiHeadSelfAttention(nn.Module):
     """Project to heads, run the chosen attention, merge heads back."""
 
-    def __init__(
-        self, dim: int, num_heads: int, head_dim: int, attention: str, attention_options: dict[str, Any]
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, head_dim: int, attention: AttentionFactory) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -35,7 +36,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.query = nn.Linear(dim, inner)
         self.key = nn.Linear(dim, inner)
         self.value = nn.Linear(dim, inner)
-        self.attention = build_attention(attention, num_heads, head_dim, **attention_options)
+        self.attention = attention(num_heads, head_dim)
         self.output = nn.Linear(inner, dim)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,14 +60,13 @@ class EncoderLayer(nn.Module):
         head_dim: int,
         ffn_dim: int,
         dropout: float,
-        attention: str,
-        attention_options: dict[str, Any],
+        attention: AttentionFactory,
         norm_first: bool,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.attention_norm = nn.LayerNorm(dim)
-        self.attention = MultiHeadSelfAttention(dim, num_heads, head_dim, attention, attention_options)
+        self.attention = MultiHeadSelfAttention(dim, num_heads, head_dim, attention)
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim),
@@ -85,23 +85,24 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """Token ids ``[B, n]`` and padding mask ``[B, n]`` -> hidden states ``[B, n, dim]``
-    (``[B, n + 1, dim]`` with the [CLS] vector first when ``prepend_cls``).
+    """Token ids ``[B, n]`` and padding mask ``[B, n]`` -> hidden states ``[B, n, dim]``.
+
+    A [CLS] token, where a task uses one, is an ordinary token id that the
+    DataModule prepends; the encoder needs no switch for it.
 
     Args:
         vocab_size: number of token ids (id ``padding_id`` is padding).
         max_length: longest accepted input (learned positions); longer is an error.
+        attention: factory called as ``attention(num_heads, head_dim)`` for each layer, e.g.
+            ``functools.partial(YOSOAttention, num_hashes=32, hash_code_len=11)`` or
+            ``SoftmaxAttention``; in a config, a ``class_path`` with ``init_args``.
         dim: model width.
         depth: number of layers.
         num_heads, head_dim: attention heads and their width.
         ffn_dim: hidden width of the feed-forward block.
         dropout: dropout on embeddings, residual branches and the FFN.
-        attention: registry name (``"softmax"``, ``"yoso"``, ...).
-        attention_options: keyword arguments of that attention (e.g. ``num_hashes``).
         num_segments: > 0 adds segment embeddings (sentence pairs).
         norm_first: pre-LN layers (LRA) or post-LN (BERT).
-        prepend_cls: prepend a learned [CLS] vector (output position 0) for CLS pooling;
-            it counts towards ``max_length + 1`` positions.
         padding_id: token id of padding (its embedding stays zero).
     """
 
@@ -109,36 +110,36 @@ class TransformerEncoder(nn.Module):
         self,
         vocab_size: int,
         max_length: int,
+        attention: AttentionFactory,
         dim: int = 64,
         depth: int = 2,
         num_heads: int = 2,
         head_dim: int = 32,
         ffn_dim: int = 128,
         dropout: float = 0.1,
-        attention: str = "yoso",
-        attention_options: dict[str, Any] | None = None,
         num_segments: int = 0,
         norm_first: bool = True,
-        prepend_cls: bool = False,
         padding_id: int = 0,
     ) -> None:
         super().__init__()
         self.max_length = max_length
         self.dim = dim
-        self.prepend_cls = prepend_cls
         self.token_embedding = nn.Embedding(vocab_size, dim, padding_idx=padding_id)
-        self.position_embedding = nn.Embedding(max_length + int(prepend_cls), dim)
-        self.cls_embedding = nn.Parameter(torch.zeros(1, 1, dim)) if prepend_cls else None
+        self.position_embedding = nn.Embedding(max_length, dim)
         self.segment_embedding = nn.Embedding(num_segments, dim) if num_segments > 0 else None
         self.embedding_dropout = nn.Dropout(dropout)
-        options = dict(attention_options or {})
+        if not callable(attention):
+            raise TypeError(f"attention must be a class or factory called as attention(num_heads, head_dim), "
+                            f"got {attention!r}")
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, num_heads, head_dim, ffn_dim, dropout, attention, options, norm_first)
+            EncoderLayer(dim, num_heads, head_dim, ffn_dim, dropout, attention, norm_first)
             for _ in range(depth)
         )
         self.final_norm = nn.LayerNorm(dim) if norm_first else nn.Identity()
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
+        with torch.no_grad():  # normal_ overwrote the padding row that nn.Embedding zeroed
+            self.token_embedding.weight[padding_id].zero_()
 
     def forward(
         self,
@@ -161,9 +162,6 @@ class TransformerEncoder(nn.Module):
             x = x + self.segment_embedding(segment_ids)
         elif segment_ids is not None:
             raise ValueError("segment_ids given but the encoder has num_segments=0")
-        if self.cls_embedding is not None:
-            x = torch.cat([self.cls_embedding.expand(batch, -1, -1), x], dim=1)
-            mask = torch.cat([mask.new_ones(batch, 1), mask], dim=1)
         positions = torch.arange(x.shape[1], device=input_ids.device)
         x = self.embedding_dropout(x + self.position_embedding(positions))
         for layer in self.layers:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
+from src.models.components.attention import SoftmaxAttention, YOSOAttention
 from src.models.components.encoder import TransformerEncoder
 
 
@@ -17,18 +20,18 @@ def toy_batch(batch=3, length=21, vocab=17, seed=0):
     return ids, mask
 
 
-@pytest.mark.parametrize("attention,options", [
-    ("softmax", {}),
-    ("yoso", {"num_hashes": 8, "hash_code_len": 6}),
-    ("yoso", {"expectation": True, "hash_code_len": 6}),
-    ("yoso", {"num_hashes": 8, "hash_code_len": 6, "conv_window": 5}),
-])
+@pytest.mark.parametrize("attention", [
+    SoftmaxAttention,
+    partial(YOSOAttention, num_hashes=8, hash_code_len=6),
+    partial(YOSOAttention, expectation=True, hash_code_len=6),
+    partial(YOSOAttention, num_hashes=8, hash_code_len=6, conv_window=5),
+], ids=["softmax", "yoso-m", "yoso-e", "yoso-c"])
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_forward_backward_reaches_every_parameter(attention, options, norm_first):
+def test_forward_backward_reaches_every_parameter(attention, norm_first):
     ids, mask = toy_batch()
     encoder = TransformerEncoder(
         vocab_size=17, max_length=32, dim=16, depth=2, num_heads=2, head_dim=8, ffn_dim=32,
-        attention=attention, attention_options=options, num_segments=2, norm_first=norm_first,
+        attention=attention, num_segments=2, norm_first=norm_first,
     )
     segments = torch.zeros_like(ids)
     segments[:, 10:] = 1
@@ -45,7 +48,7 @@ def test_forward_backward_reaches_every_parameter(attention, options, norm_first
 def test_padding_does_not_change_real_token_states():
     ids, mask = toy_batch(batch=1)
     encoder = TransformerEncoder(vocab_size=17, max_length=64, dim=16, depth=2, num_heads=2,
-                                 head_dim=8, ffn_dim=32, attention="softmax").eval()
+                                 head_dim=8, ffn_dim=32, attention=SoftmaxAttention).eval()
     short = encoder(ids[:, :15], mask[:, :15])
     padded_ids = torch.cat([ids[:, :15], torch.zeros(1, 30, dtype=ids.dtype)], dim=1)
     padded_mask = torch.cat([mask[:, :15], torch.zeros(1, 30, dtype=torch.bool)], dim=1)
@@ -54,6 +57,28 @@ def test_padding_does_not_change_real_token_states():
 
 
 def test_too_long_input_is_a_clear_error():
-    encoder = TransformerEncoder(vocab_size=17, max_length=8, dim=16, depth=1, num_heads=2, head_dim=8)
+    encoder = TransformerEncoder(vocab_size=17, max_length=8, attention=SoftmaxAttention, dim=16, depth=1,
+                                 num_heads=2, head_dim=8)
     with pytest.raises(ValueError, match="max_length"):
         encoder(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_padding_embedding_is_zero_and_a_user_attention_class_works():
+    """Any nn.Module with the (num_heads, head_dim) constructor head plugs in unregistered."""
+
+    class MeanOfValues(torch.nn.Module):
+        def __init__(self, num_heads: int, head_dim: int, scale: float = 1.0) -> None:
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, q, k, v, mask):
+            weights = mask[:, None, :, None].to(v.dtype)
+            mean = (v * weights).sum(2, keepdim=True) / weights.sum(2, keepdim=True)
+            return self.scale * mean.expand_as(q)
+
+    encoder = TransformerEncoder(vocab_size=17, max_length=32, attention=partial(MeanOfValues, scale=2.0),
+                                 dim=16, depth=1, num_heads=2, head_dim=8)
+    assert encoder.token_embedding.weight[0].abs().sum() == 0
+    assert encoder.layers[0].attention.attention.scale == 2.0
+    ids, mask = toy_batch()
+    assert encoder(ids, mask).shape == (3, 21, 16)
