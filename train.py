@@ -3,15 +3,22 @@
 A LightningCLI without subcommands: configs compose left to right, dotted
 flags override single keys (``--model.learning_rate 3e-4``), ``--print_config``
 prints the resolved config, ``--ckpt_path`` resumes a run. The DataModule's
-vocabulary size, label count and maximum length are linked into the model, so
-configs never repeat them.
+vocabulary size, maximum length, padding id, label count and [CLS] choice are
+linked into the model (``DATA_LINKS``), so configs never repeat them, and a
+link whose target the model lacks is an error instead of a silent default.
+Runs log to ``logs/<task>/<attention>/version_N``.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
+import yaml
+from jsonargparse import Namespace
+from jsonargparse._util import import_object
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -23,35 +30,110 @@ DEFAULT_TRAINER = {
 }
 
 
+ENCODER = "model.init_args.encoder.init_args"
+DATA_LINKS: tuple[tuple[str, str], ...] = (
+    # (DataModule attribute, model argument it sets); a None value means "not used by this task"
+    ("vocab_size", f"{ENCODER}.vocab_size"),
+    ("max_length", f"{ENCODER}.max_length"),
+    ("pad_id", f"{ENCODER}.padding_id"),
+    ("num_classes", "model.init_args.num_classes"),
+    ("pooling", "model.init_args.pooling"),
+)
+
+
+def _data_attribute(name: str):
+    def compute(data: object) -> Any:
+        return getattr(data, name, None)
+    compute.__name__ = f"data_{name}"
+    return compute
+
+
 class TrainCLI(LightningCLI):
-    """LightningCLI with our links, checkpoint defaults and a ``--ckpt_path`` flag."""
+    """LightningCLI with the data->model links, checkpoint defaults and a ``--ckpt_path`` flag."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume training from (e.g. .../checkpoints/last.ckpt)")
+        parser.add_argument("--extends", type=str | None, default=None,
+                            help="(in a config file) the config it builds on, relative to it; "
+                                 "train.py composes that one first")
         parser.add_argument("--run_test", type=bool, default=True,
                             help="after fitting, test the best checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
-            "checkpoint.monitor": "val/acc",
-            "checkpoint.mode": "max",
+            "checkpoint.monitor": None,  # None: the model's own `monitor` (e.g. val/acc, max)
             "checkpoint.save_last": True,
-            "checkpoint.filename": "best-step{step}-acc{val/acc:.4f}",
             "checkpoint.auto_insert_metric_name": False,
         })
-        encoder = "model.init_args.encoder.init_args"
-        parser.link_arguments("data", f"{encoder}.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
-        parser.link_arguments("data", "model.init_args.num_classes", compute_fn=_num_classes,
-                              apply_on="instantiate")
-        parser.link_arguments("data.init_args.max_length", f"{encoder}.max_length")
+        for attribute, target in DATA_LINKS:
+            parser.link_arguments("data", target, compute_fn=_data_attribute(attribute),
+                                  apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Fill the checkpoint's monitor from the model class, name the log folder by attention,
+        and note which data links the model cannot take (checked once the data exists)."""
+        config = self.config
+        model_class = import_object(config.model.class_path)
+        monitor, mode = getattr(model_class, "monitor", ("val/loss", "min"))
+        if config.checkpoint.monitor is None:
+            config.checkpoint.monitor = monitor
+            config.checkpoint.mode = mode
+        if config.checkpoint.filename is None and config.checkpoint.monitor:
+            short = config.checkpoint.monitor.split("/")[-1]
+            config.checkpoint.filename = f"best-step{{step}}-{short}{{{config.checkpoint.monitor}:.4f}}"
+        encoder = config.model.init_args.get("encoder")
+        attention = encoder.init_args.get("attention") if isinstance(encoder, Namespace) else None
+        logger = config.trainer.get("logger")
+        if isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger") and attention:
+            logger.init_args.name = f"{logger.init_args.name or 'default'}/{attention_label(attention)}"
+        self._unlinkable = [
+            (attribute, target) for attribute, target in DATA_LINKS
+            if not _accepts(config, target)
+        ]
+
+    def check_data_links(self) -> None:
+        """A link the data fills but the model cannot take must fail loudly, not fall to a default."""
+        for attribute, target in getattr(self, "_unlinkable", []):
+            value = getattr(self.datamodule, attribute, None)
+            if value is None or (attribute == "pooling" and value == "mean"):
+                continue
+            raise SystemExit(
+                f"error: {type(self.datamodule).__name__}.{attribute} = {value!r} is linked into "
+                f"'{target}', but that argument does not exist in the model config. Name the "
+                f"argument '{target.rsplit('.', 1)[-1]}' in the model class (train.py DATA_LINKS), "
+                "or use a DataModule that does not provide it."
+            )
 
 
-def _vocab_size(data: object) -> int:
-    return data.vocab_size
+def _accepts(config: Namespace, target: str) -> bool:
+    """Whether the class configured above ``target`` has an ``__init__`` argument of that name."""
+    owner, argument = target.rsplit(".init_args.", 1)
+    node = config.get(owner)
+    if not isinstance(node, Namespace) or "class_path" not in node:
+        return False
+    names: set[str] = set()
+    # Follow **kwargs up to the parents, as jsonargparse does.
+    for klass in import_object(node.class_path).__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters
+        names |= set(parameters)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            break
+    return argument in names
 
 
-def _num_classes(data: object) -> int:
-    return data.num_classes
+def attention_label(attention: Namespace) -> str:
+    """Short folder name of an attention config: yoso_16, yoso_c_32, yoso_e, softmax, nystrom, ..."""
+    name = attention.class_path.rsplit(".", 1)[-1]
+    args = attention.get("init_args") or Namespace()
+    if name == "YOSOAttention":
+        if args.get("expectation"):
+            return "yoso_e"
+        conv = "_c" if args.get("conv_window") else ""
+        return f"yoso{conv}_{args.get('num_hashes')}"
+    return name.removesuffix("Attention").lower() or name.lower()
 
 
 def main(args: list[str] | None = None) -> dict[str, float]:
@@ -67,9 +149,10 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         save_config_kwargs={"overwrite": True},
         trainer_defaults=DEFAULT_TRAINER,
         run=False,
-        args=args,
+        args=expand_extends(argv),
         parser_kwargs={"description": __doc__},
     )
+    cli.check_data_links()
     _check_callbacks(cli)
     config = cli.config
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
@@ -85,6 +168,42 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         print(f"Test ({source}): {shown}", flush=True)
         print(f"Logs and checkpoints: {cli.trainer.log_dir}  (tensorboard --logdir {_log_root(cli)})")
     return metrics
+
+
+def expand_extends(argv: list[str]) -> list[str]:
+    """Put ``--config BASE`` before every ``--config FILE`` whose YAML says ``extends: BASE``.
+
+    A file then states only what differs from its base (the quickstart from the
+    ListOps task). jsonargparse's own nested ``config:`` key cannot merge
+    ``class_path`` sections, hence this small step.
+    """
+    expanded: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            expanded += _with_bases(argv[i + 1])
+            i += 2
+            continue
+        expanded += _with_bases(arg.split("=", 1)[1]) if arg.startswith("--config=") else [arg]
+        i += 1
+    return expanded
+
+
+def _with_bases(config: str) -> list[str]:
+    return [part for path in _config_chain(Path(config)) for part in ("--config", str(path))]
+
+
+def _config_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
+    if not path.is_file():
+        return [path]  # jsonargparse reports the missing file
+    if path.resolve() in seen:
+        raise SystemExit(f"error: configs extend each other in a cycle: {' -> '.join(map(str, seen))}")
+    content = yaml.safe_load(path.read_text()) or {}
+    base = content.get("extends") if isinstance(content, dict) else None
+    if not base:
+        return [path]
+    return [*_config_chain(path.parent / base, (*seen, path.resolve())), path]
 
 
 def _check_callbacks(cli: TrainCLI) -> None:

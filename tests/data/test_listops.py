@@ -12,11 +12,11 @@ import torch
 from src.data.listops import (
     FULL_VOCAB,
     LRA_VOCAB,
-    ListOpsDataModule,
     encode_tokens,
     get_vocab,
     read_listops_tsv,
 )
+from src.data.listops_datamodule import ListOpsDataModule
 from src.data.listops_generator import generate_listops, main, tree_to_source
 
 SMALL = {"num_train": 300, "num_val": 60, "num_test": 60, "min_length": 10, "max_length": 60}
@@ -244,6 +244,7 @@ def _datamodule(data_dir: Path, **kwargs) -> ListOpsDataModule:
         "max_tree_length": 60,
         "batch_size": 8,
         "seed": 1,
+        "cache_dir": str(data_dir / "cache"),
         **kwargs,
     }
     return ListOpsDataModule(data_dir=str(data_dir), **opts)
@@ -287,7 +288,7 @@ def test_datamodule_truncates_with_a_warning(tmp_path: Path) -> None:
     dm = _datamodule(tmp_path, max_length=16)
     with pytest.warns(UserWarning, match="Generated ListOps"):
         dm.prepare_data()
-    with pytest.warns(UserWarning, match=r"truncated \d+ of 64 train"):
+    with pytest.warns(UserWarning, match=r"\d+ of 64 train.* longer than max_length=16"):
         dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[1] <= 16
@@ -301,13 +302,11 @@ def test_datamodule_missing_data_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="incomplete"):
         _datamodule(tmp_path).prepare_data()
     with pytest.raises(ValueError, match="tokenization"):
-        ListOpsDataModule(data_dir=str(tmp_path), tokenization="chars")
+        ListOpsDataModule(data_dir=str(tmp_path), tokenization="chars", cache_dir=str(tmp_path))
 
 
 def test_generated_data_with_other_options_is_not_reused(tmp_path):
-    from src.data.listops import ListOpsDataModule
-
-    options = dict(data_dir=str(tmp_path), num_train=20, num_val=5, num_test=5, min_tree_length=5,
+    options = dict(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), num_train=20, num_val=5, num_test=5, min_tree_length=5,
                    max_tree_length=30, max_depth=3, max_args=3)
     ListOpsDataModule(**options).prepare_data()
     assert (tmp_path / "generation.json").is_file()

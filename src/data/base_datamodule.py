@@ -1,0 +1,347 @@
+"""The one data contract every task's DataModule follows.
+
+A task says how to find its source files and how to turn one split into
+token arrays; this base does the rest: an offline cache of ``.npy`` arrays
+(memory-mapped, never pickle) filled once in ``prepare_data`` with a progress
+bar and keyed by a hash of the source files and the preprocessing options, a
+token dataset, a padding collator that prepends [CLS] where the task asks for
+one, truncation counted in a warning, and the loaders.
+
+The model is linked (by ``train.py``) from ``vocab_size``, ``max_length``,
+``pad_id``, ``num_classes`` and ``cls_id`` (pooling is ``cls`` exactly when a
+CLS id is prepended), so configs never state them twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+CACHE_FORMAT = 1  # bump when the on-disk layout of the cache changes
+_COMPLETE = "complete.json"
+
+SplitArrays = dict[str, np.ndarray]
+"""One split: for each sequence field ``f``, ``f`` (all ids, flat) and ``f + "_offsets"``
+(``len + 1`` boundaries); every other array holds one value per example (e.g. ``labels``)."""
+
+
+def pack_sequences(sequences: Sequence[np.ndarray], dtype: np.dtype | type) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids and ``len + 1`` offsets of variable-length sequences (compact, memory-mappable)."""
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in sequences], out=offsets[1:])
+    flat = np.concatenate(sequences).astype(dtype, copy=False) if len(sequences) else np.zeros(0, dtype=dtype)
+    return flat, offsets
+
+
+def fingerprint_files(paths: Sequence[Path]) -> list[list[Any]]:
+    """Name, size and modification time of each source file: a change to any of them rebuilds the cache.
+
+    (Hashing every byte of the LRA files would cost seconds on each start; size
+    plus nanosecond mtime catches replaced or edited files.)
+    """
+    rows = []
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        rows.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return rows
+
+
+class TokenDataset(Dataset):
+    """Examples of a cached split: a dict of id arrays (one per sequence field) and scalar fields."""
+
+    def __init__(self, arrays: SplitArrays, sequence_fields: Sequence[str]) -> None:
+        self.arrays = arrays
+        self.sequence_fields = tuple(sequence_fields)
+        self.scalar_fields = tuple(
+            k for k in arrays if k not in self.sequence_fields and not k.endswith("_offsets")
+        )
+        first = self.sequence_fields[0]
+        self.length = len(arrays[f"{first}_offsets"]) - 1
+        for key in self.scalar_fields:
+            if len(arrays[key]) != self.length:
+                raise ValueError(f"field {key!r} has {len(arrays[key])} values for {self.length} examples")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {}
+        for field in self.sequence_fields:
+            offsets = self.arrays[f"{field}_offsets"]
+            item[field] = self.arrays[field][offsets[index] : offsets[index + 1]]
+        for key in self.scalar_fields:
+            item[key] = self.arrays[key][index]
+        return item
+
+    def lengths(self, field: str) -> np.ndarray:
+        """Length of every example's ``field`` sequence (no [CLS])."""
+        return np.diff(self.arrays[f"{field}_offsets"])
+
+
+def mask_name(field: str) -> str:
+    """``input_ids`` -> ``attention_mask``; ``input_ids_1`` -> ``attention_mask_1``."""
+    return "attention_mask" + field[len("input_ids"):]
+
+
+class PaddingCollator:
+    """Pads each sequence field to the batch's longest (after truncation to ``max_length``).
+
+    Fields named ``input_ids*`` get a boolean ``attention_mask*`` (True = real token) and,
+    when ``cls_id`` is set, the [CLS] id in front (it counts towards ``max_length``). Other
+    sequence fields (e.g. ``segment_ids``) are padded with 0 and shifted the same way.
+    Scalar fields become tensors (``labels``: int64 for integer data, float32 for scores).
+    """
+
+    def __init__(self, max_length: int, pad_id: int = 0, cls_id: int | None = None,
+                 sequence_fields: Sequence[str] = ("input_ids",)) -> None:
+        if max_length < 1 + int(cls_id is not None):
+            raise ValueError(f"max_length {max_length} leaves no room for a token")
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.cls_id = cls_id
+        self.sequence_fields = tuple(sequence_fields)
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        room = self.max_length - int(self.cls_id is not None)
+        lead = int(self.cls_id is not None)
+        for field in self.sequence_fields:
+            is_ids = field.startswith("input_ids")
+            lengths = np.array([min(len(item[field]), room) for item in batch], dtype=np.int64)
+            width = int(lengths.max(initial=0)) + lead
+            padded = np.full((len(batch), width), self.pad_id if is_ids else 0, dtype=np.int64)
+            for row, (item, n) in enumerate(zip(batch, lengths)):
+                padded[row, lead : lead + n] = item[field][:n]
+            if is_ids:
+                if lead:
+                    padded[:, 0] = self.cls_id
+                out[mask_name(field)] = torch.from_numpy(np.arange(width)[None, :] < (lengths + lead)[:, None])
+            out[field] = torch.from_numpy(padded)
+        for key in batch[0]:
+            if key in self.sequence_fields:
+                continue
+            values = np.asarray([item[key] for item in batch])
+            tensor = torch.from_numpy(values)
+            out[key] = tensor.float() if tensor.is_floating_point() else tensor.long()
+        return out
+
+
+class TokenDataModule(pl.LightningDataModule):
+    """Base of every task's DataModule (see the module docstring for the contract).
+
+    Subclasses define ``base_vocab_size`` (ids including padding 0), ``num_classes``
+    (``None`` where there are no classes), ``source_files()``, ``build_split(split)``
+    and, where preprocessing has options, ``cache_options()``. ``prepare_sources()``
+    may create missing sources (ListOps generates them) or raise a clear error.
+
+    Args:
+        data_dir: the folder with the task's source files.
+        max_length: longest sequence the model sees ([CLS] included); longer ones are
+            truncated and counted in a warning.
+        batch_size: examples per batch (per process under DDP).
+        num_workers: DataLoader worker processes.
+        prepend_cls: put a [CLS] id in front of every sequence (the classifier then pools it).
+        cache_dir: where the preprocessed arrays are kept (one folder per source/option hash).
+    """
+
+    sequence_fields: ClassVar[tuple[str, ...]] = ("input_ids",)
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+    pad_id: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        data_dir: str,
+        max_length: int,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        prepend_cls: bool = False,
+        cache_dir: str = "data/cache",
+    ) -> None:
+        super().__init__()
+        if max_length < 1 + int(prepend_cls):
+            raise ValueError(f"max_length must be >= {1 + int(prepend_cls)}, got {max_length}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.data_dir = Path(data_dir)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.prepend_cls = prepend_cls
+        self.cache_dir = Path(cache_dir)
+        self.datasets: dict[str, TokenDataset] = {}
+
+    # -- what a task defines -----------------------------------------------------------------
+    @property
+    def base_vocab_size(self) -> int:
+        """Number of ids the task's tokens use, padding (0) included."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int | None:
+        """Labels of a classification task; ``None`` where there are none (MLM)."""
+        raise NotImplementedError
+
+    def source_files(self) -> list[Path]:
+        """The existing source files of every split; a clear FileNotFoundError if any is missing."""
+        raise NotImplementedError
+
+    def build_split(self, split: str) -> SplitArrays:
+        """Read and tokenise one split (no truncation, no [CLS]: the collator adds those)."""
+        raise NotImplementedError
+
+    def cache_options(self) -> dict[str, Any]:
+        """Options that change the preprocessed arrays (e.g. the tokenisation)."""
+        return {}
+
+    def prepare_sources(self) -> None:
+        """Make sure the sources exist (default: check them)."""
+        self.source_files()
+
+    # -- the contract the model is linked from -----------------------------------------------
+    @property
+    def cls_id(self) -> int | None:
+        """Id of the [CLS] token put in front of every sequence, or ``None``."""
+        return self.base_vocab_size if self.prepend_cls else None
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the embedding needs: the task's tokens, padding and [CLS] if prepended."""
+        return self.base_vocab_size + int(self.prepend_cls)
+
+    @property
+    def pooling(self) -> str:
+        """How a classifier pools: the [CLS] vector when there is one, else the mean of real tokens."""
+        return "cls" if self.cls_id is not None else "mean"
+
+    # -- the cache ---------------------------------------------------------------------------
+    def cache_key(self) -> str:
+        """Hash of the class, the preprocessing options and the source files' fingerprints."""
+        record = {
+            "format": CACHE_FORMAT,
+            "task": type(self).__name__,
+            "options": self.cache_options(),
+            "sources": fingerprint_files(self.source_files()),
+        }
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cache_path(self) -> Path:
+        return self.cache_dir / type(self).__name__.removesuffix("DataModule").lower() / self.cache_key()
+
+    def prepare_data(self) -> None:
+        """Preprocess every split once into the cache (one process per node does this)."""
+        self.prepare_sources()
+        folder = self.cache_path()
+        if (folder / _COMPLETE).is_file():
+            return
+        rank_zero_info(f"Preprocessing {type(self).__name__} from {self.data_dir} into {folder}")
+        staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        counts = {}
+        try:
+            for split in tqdm(self.splits, desc=f"{type(self).__name__}: preprocessing", unit="split"):
+                arrays = self.build_split(split)
+                self._check_split(split, arrays)
+                for name, array in arrays.items():
+                    np.save(staging / f"{split}.{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+                counts[split] = len(arrays[f"{self.sequence_fields[0]}_offsets"]) - 1
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging / _COMPLETE).write_text(json.dumps({"options": self.cache_options(), "examples": counts}) + "\n")
+        try:
+            staging.rename(folder)  # atomic: a reader never sees a half-written cache
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another process finished first
+            if not (folder / _COMPLETE).is_file():
+                raise
+
+    def _check_split(self, split: str, arrays: SplitArrays) -> None:
+        for field in self.sequence_fields:
+            if field not in arrays or f"{field}_offsets" not in arrays:
+                raise ValueError(f"{type(self).__name__}.build_split({split!r}) gave no {field!r} arrays")
+        if len(arrays[f"{self.sequence_fields[0]}_offsets"]) < 2:
+            raise ValueError(f"{type(self).__name__}: the {split} split of {self.data_dir} has no examples")
+
+    def load_split(self, split: str) -> TokenDataset:
+        """Memory-map a cached split."""
+        folder = self.cache_path()
+        if not (folder / _COMPLETE).is_file():
+            raise RuntimeError(f"no preprocessed cache at {folder}; call prepare_data() first")
+        arrays = {
+            path.name[len(split) + 1 : -len(".npy")]: np.load(path, mmap_mode="r", allow_pickle=False)
+            for path in sorted(folder.glob(f"{split}.*.npy"))
+        }
+        return TokenDataset(arrays, self.sequence_fields)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits ``stage`` needs; warn once about examples longer than ``max_length``."""
+        needed = {
+            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
+        }.get(stage or "", self.splits)
+        room = self.max_length - int(self.prepend_cls)
+        truncated = {}
+        for split in needed:
+            if split in self.datasets:
+                continue
+            dataset = self.load_split(split)
+            self.datasets[split] = dataset
+            longest = {field: dataset.lengths(field) for field in self.sequence_fields
+                       if field.startswith("input_ids")}
+            n_cut = int(sum((lengths > room).sum() for lengths in longest.values()))
+            if n_cut:
+                truncated[split] = n_cut
+        if truncated:
+            shown = ", ".join(f"{n} of {len(self.datasets[s])} {s}" for s, n in truncated.items())
+            rank_zero_warn(
+                f"{type(self).__name__}: {shown} sequences are longer than max_length={self.max_length}"
+                f"{' (with [CLS])' if self.prepend_cls else ''} and are truncated to their first tokens; "
+                "raise data.max_length to keep them whole."
+            )
+
+    def collator(self) -> PaddingCollator:
+        return PaddingCollator(self.max_length, self.pad_id, self.cls_id, self.sequence_fields)
+
+    def dataset(self, split: str) -> TokenDataset:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split} split is not loaded; call setup() first")
+        return self.datasets[split]
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,158 @@
+"""LRA ListOps DataModule: the official TSVs, or our generator's when they are missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from src.data.base_datamodule import SplitArrays, TokenDataModule
+from src.data.listops import NUM_CLASSES, check_tokenization, encode_split, get_vocab, missing_data_help
+from src.data.listops_generator import SPLITS, generate_listops, split_filename
+
+GENERATION_RECORD = "generation.json"
+GENERATION_KEYS = ("num_train", "num_val", "num_test", "min_tree_length", "max_tree_length",
+                   "max_depth", "max_args", "seed")
+
+
+class ListOpsDataModule(TokenDataModule):
+    """LRA ListOps (10-way classification of an expression's value).
+
+    Batches: ``input_ids`` LongTensor[B, n] (0 = padding), ``attention_mask`` BoolTensor[B, n]
+    and ``labels`` LongTensor[B]. If the TSVs are missing and ``generate_if_missing``, they
+    are generated with our LRA-style generator from the ``num_*``, ``*_tree_length``,
+    ``max_depth``, ``max_args`` and ``seed`` arguments, and the options are recorded so that
+    a folder generated with other options is never reused silently.
+
+    Args:
+        tokenization: ``lra`` (the original pipeline, brackets dropped) or ``full``.
+        generate_if_missing: generate the three splits when ``data_dir`` has none.
+        num_train, num_val, num_test, min_tree_length, max_tree_length, max_depth, max_args,
+            seed: generator options (see ``src.data.listops_generator``).
+        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/lra/listops",
+        tokenization: str = "full",
+        max_length: int = 2000,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        prepend_cls: bool = False,
+        cache_dir: str = "data/cache",
+        generate_if_missing: bool = True,
+        num_train: int = 96000,
+        num_val: int = 2000,
+        num_test: int = 2000,
+        min_tree_length: int = 500,
+        max_tree_length: int = 2000,
+        max_depth: int = 10,
+        max_args: int = 10,
+        seed: int = 0,
+    ) -> None:
+        check_tokenization(tokenization)
+        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
+        self.save_hyperparameters()
+        self.tokenization = tokenization
+        self.generate_if_missing = generate_if_missing
+
+    @property
+    def base_vocab_size(self) -> int:
+        return len(get_vocab(self.tokenization)) + 1
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+    def cache_options(self) -> dict[str, Any]:
+        return {"tokenization": self.tokenization}
+
+    def split_path(self, split: str) -> Path:
+        """Path of ``basic_<split>.tsv`` in ``data_dir``."""
+        return self.data_dir / split_filename(split)
+
+    def source_files(self) -> list[Path]:
+        paths = [self.split_path(split) for split in SPLITS]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"ListOps data not found in {self.data_dir} (missing {', '.join(missing)}). "
+                + missing_data_help(self.data_dir)
+            )
+        return paths
+
+    def build_split(self, split: str) -> SplitArrays:
+        return encode_split(self.split_path(split), self.tokenization)
+
+    def prepare_sources(self) -> None:
+        """Check the TSVs exist; generate all three if none exist and generation is allowed."""
+        paths = {split: self.split_path(split) for split in SPLITS}
+        present = [p for p in paths.values() if p.is_file()]
+        if len(present) == len(paths):
+            self._check_generation_record()
+            return
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if present:
+            raise FileNotFoundError(
+                f"ListOps data in {self.data_dir} is incomplete: missing {', '.join(missing)} "
+                f"but found {', '.join(str(p) for p in present)}. Add the missing files from the "
+                "same source, or delete the others so that all three are generated together "
+                "(splits must be distinct from each other). " + missing_data_help(self.data_dir)
+            )
+        if not self.generate_if_missing:
+            raise FileNotFoundError(
+                f"ListOps data not found in {self.data_dir} (missing {', '.join(missing)}) and "
+                "generate_if_missing=False. " + missing_data_help(self.data_dir)
+            )
+        hp = self.hparams
+        rank_zero_info(
+            f"ListOps data not found in {self.data_dir}; generating "
+            f"{hp.num_train}/{hp.num_val}/{hp.num_test} train/val/test examples (seed {hp.seed})"
+        )
+        generate_listops(
+            self.data_dir,
+            num_train=hp.num_train,
+            num_val=hp.num_val,
+            num_test=hp.num_test,
+            min_length=hp.min_tree_length,
+            max_length=hp.max_tree_length,
+            max_depth=hp.max_depth,
+            max_args=hp.max_args,
+            seed=hp.seed,
+        )
+        record = self.data_dir / GENERATION_RECORD
+        record.write_text(json.dumps(self._generation_options(), indent=2, sort_keys=True) + "\n")
+        rank_zero_warn(
+            f"Generated ListOps data with src.data.listops_generator into {self.data_dir}: "
+            f"{hp.num_train} train, {hp.num_val} val, {hp.num_test} test examples "
+            f"(seed {hp.seed}, tree length in ({hp.min_tree_length}, {hp.max_tree_length})). "
+            "This is not the official LRA file; for that use lra_release/listops-1000."
+        )
+
+    def _generation_options(self) -> dict[str, int]:
+        return {key: int(self.hparams[key]) for key in GENERATION_KEYS}
+
+    def _check_generation_record(self) -> None:
+        """Data we generated earlier with other options must not be reused silently."""
+        record = self.data_dir / GENERATION_RECORD
+        if not record.is_file():
+            return  # official or hand-made files: nothing to compare
+        try:
+            recorded = json.loads(record.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{record} is not valid JSON ({error}); delete it or the whole folder"
+            ) from error
+        wanted = self._generation_options()
+        differing = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+        if differing:
+            shown = ", ".join(
+                f"{k}: folder has {old}, config asks {new}" for k, (old, new) in differing.items()
+            )
+            raise ValueError(
+                f"ListOps data in {self.data_dir} was generated with other options ({shown}). "
+                "Delete the folder to regenerate it, or set data_dir to another folder."
+            )

@@ -1,0 +1,204 @@
+"""The task base: what every experiment (LRA, MLM, GLUE) shares, written once.
+
+A task module adds only its head, its loss and its metrics. This class owns
+the optimizer and its warm-up/decay schedule, one ``model_step`` for every
+stage, one torchmetrics collection per stage (so DDP reductions never mix
+stages), the best validation value of the monitored metric (also written as
+TensorBoard's ``hp_metric``, the HPARAMS tab), tokens per second,
+``save_hyperparameters`` (a checkpoint rebuilds the model) and ``init_from``
+(start the encoder from another run's checkpoint).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
+
+from src.models.components.encoder import TransformerEncoder
+from src.models.schedules import warmup_then_decay
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class TaskModule(pl.LightningModule):
+    """Shared training logic around an injected encoder.
+
+    Subclasses implement ``step_outputs(batch) -> (loss, preds, target)`` and
+    ``build_metrics() -> MetricCollection``; ``monitor`` names the validation
+    metric that picks the best checkpoint and its direction.
+
+    Args:
+        encoder: the shared ``TransformerEncoder`` (a config gives its class and arguments).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        learning_rate, weight_decay: optimizer settings (paper: Adam 1e-4, no decay).
+        warmup_steps: linear warm-up steps; then ``schedule`` until ``trainer.max_steps``.
+        schedule: ``"linear"`` decay to 0, ``"cosine"`` or ``"constant"``.
+        init_from: a checkpoint of another run whose ``encoder.*`` weights start this one
+            (e.g. MLM pre-training -> GLUE); ignored when resuming with ``--ckpt_path``.
+    """
+
+    monitor: ClassVar[tuple[str, str]] = ("val/acc", "max")
+    stages: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+
+    def __init__(
+        self,
+        encoder: TransformerEncoder,
+        optimizer: str = "adam",
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 1000,
+        schedule: str = "linear",
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if init_from is not None and not Path(init_from).is_file():
+            raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist")
+        # Under train.py the encoder is stored as its config (class_path + init_args),
+        # so load_from_checkpoint rebuilds the whole model from the checkpoint alone.
+        self.save_hyperparameters()
+        self.encoder = encoder
+        # ModuleDict keys may not shadow nn.Module attributes such as `train`.
+        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in self.stages})
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": self.build_metrics().clone(prefix=f"{stage}/") for stage in self.stages}
+        )
+        name, mode = self.monitor
+        self.best_monitored = MaxMetric() if mode == "max" else MinMetric()
+        self._batch_started: float | None = None
+
+    # -- what a task defines -------------------------------------------------------------
+    def build_metrics(self) -> MetricCollection:
+        """The task's metrics, unprefixed (e.g. ``{"acc": MulticlassAccuracy(...)}``)."""
+        raise NotImplementedError
+
+    def step_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, predictions, targets)`` of one batch; metrics are updated with the last two."""
+        raise NotImplementedError
+
+    # -- one step for every stage ----------------------------------------------------------
+    def model_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Loss and metric updates shared by train/val/test."""
+        loss, preds, target = self.step_outputs(batch)
+        loss_metric = self.losses[f"{stage}_loss"]
+        metrics = self.metrics[f"{stage}_metrics"]
+        loss_metric(loss)
+        metrics(preds, target)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss_metric, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        name, _ = self.monitor
+        current = self.trainer.callback_metrics.get(name)
+        if current is None:
+            return
+        self.best_monitored(current)
+        best = self.best_monitored.compute()
+        self.log(f"{name}_best", best, prog_bar=True, sync_dist=True)
+        # TensorBoard's HPARAMS tab shows hp_metric beside the hyper-parameters.
+        self.log("hp_metric", best, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        # Testing re-logs the hyper-parameters with hp_metric = -1 (Lightning's placeholder);
+        # put the best validation value back so the HPARAMS tab keeps it.
+        checkpoint = getattr(self.trainer, "checkpoint_callback", None)
+        score = getattr(checkpoint, "best_model_score", None)
+        if score is not None and getattr(checkpoint, "monitor", None) == self.monitor[0]:
+            self.log("hp_metric", score.to(self.device), sync_dist=True)
+
+    # -- throughput --------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Log real (non-padding) tokens per second of this process."""
+        if self._batch_started is None:
+            return
+        elapsed = time.perf_counter() - self._batch_started
+        tokens = sum(float(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = OPTIMIZERS[hp.optimizer](
+            self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = warmup_then_decay(optimizer, hp.warmup_steps, total, hp.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- starting from another run -----------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Load ``init_from`` before fitting, unless a resumed checkpoint will overwrite it anyway."""
+        if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
+            load_encoder_weights(self.encoder, self.hparams.init_from)
+
+
+def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path) -> None:
+    """Copy the ``encoder.*`` tensors of a Lightning checkpoint into ``encoder``.
+
+    Loaded with ``weights_only=True`` (no code runs). Any missing, unexpected or
+    differently shaped key is an error that names it, never a partial load.
+    """
+    path = Path(checkpoint_path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated file, a non-checkpoint, a pickle with code
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if state is None:
+        raise ValueError(f"{path} has no 'state_dict'; expected a Lightning checkpoint of this project")
+    prefix = "encoder."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no 'encoder.*' weights (keys start with: {sorted(state)[:5]})")
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(weights))
+        if weights[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing in checkpoint: {_first(missing)}")
+    if unexpected:
+        problems.append(f"not in this model: {_first(unexpected)}")
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:8]))
+    if problems:
+        raise ValueError(
+            f"the encoder in {path} does not fit this model ({' | '.join(problems)}); "
+            "build the encoder with the same dim/depth/heads/vocabulary as the run that saved it"
+        )
+    encoder.load_state_dict(weights)
+
+
+def _first(names: list[str], count: int = 8) -> str:
+    return ", ".join(names[:count]) + (" ..." if len(names) > count else "")

@@ -1,0 +1,30 @@
+"""Pooling and classification heads on top of the encoder's hidden states."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLINGS = ("mean", "cls")
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``[B, n, dim]`` over real tokens only (padding must not dilute the average)."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``[B, n, dim] -> [B, dim]``: the [CLS] vector at position 0, or the mean of real tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "mean":
+        return masked_mean(hidden, mask)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class ClassificationHead(nn.Sequential):
+    """The LRA head: Linear(dim, hidden) -> ReLU -> Linear(hidden, outputs)."""
+
+    def __init__(self, dim: int, hidden: int, outputs: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
