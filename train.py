@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 from jsonargparse._util import import_object
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -162,12 +163,19 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     best = checkpoint.best_model_path if checkpoint is not None else ""
     results = cli.trainer.test(datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     metrics = results[0] if results else {}
+    if writes_predictions(cli.model):
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     if cli.trainer.is_global_zero:
         source = f"best checkpoint {Path(best).name}" if best else "final weights"
         shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items())
         print(f"Test ({source}): {shown}", flush=True)
         print(f"Logs and checkpoints: {cli.trainer.log_dir}  (tensorboard --logdir {_log_root(cli)})")
     return metrics
+
+
+def writes_predictions(model: object) -> bool:
+    """Tasks with a ``predict_step`` (e.g. GLUE's leaderboard files) predict after testing."""
+    return type(model).predict_step is not LightningModule.predict_step
 
 
 def expand_extends(argv: list[str]) -> list[str]:
