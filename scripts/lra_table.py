@@ -161,7 +161,9 @@ def markdown_table(runs: dict[tuple[str, str], Run]) -> str:
     if any(run.time_from_events for run in runs.values()):
         lines += ["", "\\* no ResourceMonitor in that run: time from its event timestamps "
                       "(first event to the last train/val event)."]
-    lines += ["", "Runs: " + ", ".join(f"{t}/{a}/version_{r.version}" for (t, a), r in sorted(runs.items()))]
+    if runs:
+        used = (f"{task}/{name}/version_{run.version}" for (task, name), run in sorted(runs.items()))
+        lines += ["", "Runs: " + ", ".join(used)]
     return "\n".join(lines) + "\n"
 
 

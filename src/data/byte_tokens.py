@@ -20,7 +20,9 @@ def value_tokens(values: bytes | bytearray | np.ndarray) -> np.ndarray:
         array = np.asarray(values)
         if array.dtype != np.uint8:
             raise TypeError(f"expected uint8 values 0-255, got an array of {array.dtype}")
-    return array.reshape(-1).astype(np.uint16) + 1
+    ids = array.reshape(-1).astype(np.uint16)
+    ids += 1  # in place: one uint16 copy of a possibly large buffer, not two
+    return ids
 
 
 class ByteSequences:

@@ -57,7 +57,8 @@ def test_lra_practice_validates_on_test(tmp_path):
 
 def test_batches_come_from_worker_processes(tmp_path):
     dm = module(tmp_path, num_workers=1, max_length=6)
-    dm.setup("test")
+    with pytest.warns(UserWarning, match="1 of 4 test sequences are longer than max_length=6"):
+        dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch["input_ids"].shape == (4, 6)
     assert batch["input_ids"][0].tolist() == [ord(c) + 1 for c in "Awful "]
