@@ -23,6 +23,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from src.callbacks.resource_monitor import ResourceMonitor
+
 DEFAULT_TRAINER = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -215,9 +217,12 @@ def _config_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
 
 
 def _check_callbacks(cli: TrainCLI) -> None:
-    """Keep one LearningRateMonitor even when a config replaces the callback list."""
+    """Keep one LearningRateMonitor and one ResourceMonitor (time and peak memory for the LRA
+    table) even when a config replaces the callback list."""
     if not any(isinstance(cb, LearningRateMonitor) for cb in cli.trainer.callbacks):
         cli.trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(cb, ResourceMonitor) for cb in cli.trainer.callbacks):
+        cli.trainer.callbacks.append(ResourceMonitor())
 
 
 def _log_root(cli: TrainCLI) -> str:

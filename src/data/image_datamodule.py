@@ -1,0 +1,84 @@
+"""LRA Image: CIFAR-10 as sequences of 1024 grey-scale pixel tokens, 10 classes.
+
+``data_dir`` is the ``cifar-10-batches-py`` folder (``data_batch_1`` .. ``data_batch_5`` and
+``test_batch``, read with a restricted unpickler) or an ``.npz`` file with the same arrays (see
+``src.data.cifar10``). The first 90 % of the training images train, the last 10 % validate
+(LRA's split), the test batch tests. Tokens are ``grey + 1`` (0 is padding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from src.data.base_datamodule import SplitArrays, TokenDataModule
+from src.data.byte_tokens import VALUE_VOCAB_SIZE, pack_rows
+from src.data.cifar10 import CIFAR_URL, NPZ_KEYS, TEST_BATCH, TRAIN_BATCHES, load_batch, load_npz, to_grey
+
+VAL_FRACTION = 0.1
+
+
+class ImageDataModule(TokenDataModule):
+    """CIFAR-10 grey-scale pixels (LRA max length 1024).
+
+    Batches: ``input_ids`` LongTensor[B, 1024], ``attention_mask`` (all true), ``labels``
+    LongTensor[B] (0-9).
+
+    Args:
+        data_dir: the ``cifar-10-batches-py`` folder, or an ``.npz`` file.
+        max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/lra/cifar-10-batches-py",
+        max_length: int = 1024,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        prepend_cls: bool = False,
+        cache_dir: str = "data/cache",
+    ) -> None:
+        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
+        self.save_hyperparameters()
+
+    @property
+    def base_vocab_size(self) -> int:
+        return VALUE_VOCAB_SIZE
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    @property
+    def from_npz(self) -> bool:
+        return self.data_dir.suffix == ".npz"
+
+    def source_files(self) -> list[Path]:
+        paths = ([self.data_dir] if self.from_npz
+                 else [self.data_dir / name for name in (*TRAIN_BATCHES, TEST_BATCH)])
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"CIFAR-10 not found (missing {', '.join(missing)}). Set data.data_dir to the "
+                f"cifar-10-batches-py folder ({', '.join(TRAIN_BATCHES)}, {TEST_BATCH}) from "
+                f"{CIFAR_URL}, or to an .npz file with the arrays {', '.join(NPZ_KEYS)}."
+            )
+        return paths
+
+    def load_part(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """RGB rows and labels of ``train`` (the five batches in order) or ``test``."""
+        if self.from_npz:
+            return load_npz(self.data_dir)[part]
+        names = TRAIN_BATCHES if part == "train" else (TEST_BATCH,)
+        batches = [load_batch(self.data_dir / name) for name in names]
+        return np.concatenate([d for d, _ in batches]), np.concatenate([labels for _, labels in batches])
+
+    def build_split(self, split: str) -> SplitArrays:
+        data, labels = self.load_part("test" if split == "test" else "train")
+        if split != "test":
+            first_val = len(data) - round(VAL_FRACTION * len(data))
+            rows = slice(first_val, None) if split == "val" else slice(None, first_val)
+            data, labels = data[rows], labels[rows]
+        ids, offsets = pack_rows(to_grey(data))
+        return {"input_ids": ids, "input_ids_offsets": offsets, "labels": labels}

@@ -1,0 +1,163 @@
+"""LRA Pathfinder-32: are the two dots joined by one dashed path? 1024 grey pixel tokens, 2 classes.
+
+``data_dir`` is the ``pathfinder32`` folder of the LRA release; ``difficulty`` picks
+``<data_dir>/<difficulty>/``. Its ``metadata/*.npy`` files are, despite the suffix, text: one
+image per line, space separated, field 0 the image folder (``imgs/0``), field 1 the PNG name,
+field 3 the label 0/1. Images are decoded with Pillow; the release has some empty (and
+possibly broken) PNGs, which are skipped and counted in one warning. The readable images are
+split 80/10/10 into train/val/test after a seeded shuffle. Tokens are ``pixel + 1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from tqdm.auto import tqdm
+
+from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
+from src.data.byte_tokens import VALUE_VOCAB_SIZE, value_tokens
+
+DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
+LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+
+
+def read_metadata(path: Path) -> list[tuple[str, str, int]]:
+    """``(folder, file name, label)`` of every line; ValueError naming file and line otherwise."""
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue  # a trailing blank line
+            if len(fields) < 4:
+                raise ValueError(
+                    f"{path}:{line_no}: expected at least 4 space-separated fields (folder, PNG name, "
+                    f"index, label), got {len(fields)}"
+                )
+            if fields[3] not in ("0", "1"):
+                raise ValueError(f"{path}:{line_no}: expected the label (field 4) to be 0 or 1, "
+                                 f"got {fields[3][:20]!r}")
+            samples.append((fields[0], fields[1], int(fields[3])))
+    return samples
+
+
+def decode_png(path: Path) -> np.ndarray | None:
+    """The grey pixels of a PNG, row-major uint8; ``None`` if the file is empty or unreadable."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError):  # empty, truncated or not a PNG at all
+        return None
+    return pixels.reshape(-1)
+
+
+class PathfinderDataModule(TokenDataModule):
+    """Pathfinder-32 at one difficulty (LRA max length 1024).
+
+    Batches: ``input_ids`` LongTensor[B, 1024], ``attention_mask``, ``labels`` LongTensor[B].
+
+    Args:
+        difficulty: ``curv_baseline``, ``curv_contour_length_9`` or ``curv_contour_length_14``
+            (the LRA task uses the hardest, ``curv_contour_length_14``).
+        seed: seed of the shuffle before the 80/10/10 split.
+        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/lra/pathfinder32",
+        difficulty: str = "curv_contour_length_14",
+        max_length: int = 1024,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        prepend_cls: bool = False,
+        cache_dir: str = "data/cache",
+        seed: int = 0,
+    ) -> None:
+        if difficulty not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
+        self.save_hyperparameters()
+        self.difficulty = difficulty
+        self.seed = seed
+        self._decoded: tuple[list[np.ndarray], np.ndarray] | None = None
+        self._served: set[str] = set()
+
+    @property
+    def base_vocab_size(self) -> int:
+        return VALUE_VOCAB_SIZE
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / self.difficulty
+
+    def cache_options(self) -> dict[str, Any]:
+        return {"difficulty": self.difficulty, "seed": self.seed}
+
+    def metadata_files(self) -> list[Path]:
+        return sorted((self.root / "metadata").glob("*.npy"))
+
+    def source_files(self) -> list[Path]:
+        """The metadata files and the image folders (a folder's mtime changes when its files do)."""
+        metadata = self.metadata_files()
+        if not metadata:
+            raise FileNotFoundError(
+                f"Pathfinder data not found: no metadata/*.npy in {self.root}. Expected the LRA "
+                f"release's pathfinder32 folder ({LRA_RELEASE_URL}, lra_release/pathfinder32/) with "
+                f"{self.difficulty}/metadata/*.npy and {self.difficulty}/imgs/*/*.png; set "
+                "data.data_dir to the pathfinder32 folder."
+            )
+        return metadata + sorted(p for p in (self.root / "imgs").glob("*") if p.is_dir())
+
+    def decode_all(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Pixels and labels of every readable image listed in the metadata, in metadata order."""
+        samples = [sample for path in self.metadata_files() for sample in read_metadata(path)]
+        pixels, labels, empty, unreadable, missing = [], [], 0, 0, 0
+        for folder, name, label in tqdm(samples, desc=f"Pathfinder {self.difficulty}: PNGs", unit="img"):
+            path = self.root / folder / name
+            if not path.is_file():
+                missing += 1
+                continue
+            if path.stat().st_size == 0:
+                empty += 1
+                continue
+            image = decode_png(path)
+            if image is None:
+                unreadable += 1
+                continue
+            pixels.append(image)
+            labels.append(label)
+        if not pixels:
+            raise ValueError(f"none of the {len(samples)} images listed in {self.root}/metadata could be "
+                             f"read ({missing} missing, {empty} empty, {unreadable} unreadable)")
+        if empty or unreadable or missing:
+            rank_zero_warn(
+                f"Pathfinder {self.difficulty}: skipped {empty + unreadable + missing} of {len(samples)} "
+                f"listed images ({empty} empty, {unreadable} unreadable, {missing} missing files)."
+            )
+        return pixels, np.asarray(labels, dtype=np.int64)
+
+    def split_indices(self, count: int) -> dict[str, np.ndarray]:
+        """Seeded 80/10/10 split of ``count`` images (val and test get ``round(count / 10)`` each)."""
+        order = np.random.default_rng(self.seed).permutation(count)
+        tenth = round(count / 10)
+        return {"val": order[:tenth], "test": order[tenth : 2 * tenth], "train": order[2 * tenth :]}
+
+    def build_split(self, split: str) -> SplitArrays:
+        if self._decoded is None:
+            self._decoded = self.decode_all()  # decoded once for the three splits
+        pixels, labels = self._decoded
+        rows = np.sort(self.split_indices(len(pixels))[split])
+        ids, offsets = pack_sequences([value_tokens(pixels[i]) for i in rows], np.uint16)
+        self._served.add(split)
+        if self._served >= set(self.splits):
+            self._decoded, self._served = None, set()  # free the images once every split is built
+        return {"input_ids": ids, "input_ids_offsets": offsets, "labels": labels[rows]}
