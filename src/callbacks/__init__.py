@@ -1,0 +1,1 @@
+"""Lightning callbacks that ``train.py`` adds to every run (robustness, resuming, seeding)."""
