@@ -31,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from src.callbacks.finite_loss import FiniteLossCheck
 from src.callbacks.last_checkpoint import LastCheckpoint
 from src.callbacks.seeding import BatchSeeds
+from src.checkpoints import check_resume_checkpoint
 from src.cli_errors import explain
 
 LOG_ROOT = "logs"  # the configs' logger save_dir; --trainer.default_root_dir replaces it
@@ -209,6 +210,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     config = cli.config
     trainer = cli.trainer
     ckpt_path = resolve_ckpt_path(config.ckpt_path, trainer)
+    if ckpt_path is not None:
+        try:
+            check_resume_checkpoint(ckpt_path, cli.model)
+        except ValueError as error:
+            raise SystemExit(f"error: --ckpt_path: {error}") from None
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:

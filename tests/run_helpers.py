@@ -27,7 +27,10 @@ class SignalAtStep(Callback):
 
 
 class DumpRankState(Callback):
-    """Write each rank's final parameters (``rank<r>.pt``) and per-step losses (``rank<r>.json``) to ``folder``."""
+    """Write each rank's final weights (rank<r>.pt) and step losses (rank<r>.json) into folder.
+
+    (Test-only.)
+    """
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
