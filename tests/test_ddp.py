@@ -57,7 +57,8 @@ def test_two_process_ddp_run(tmp_path):
     # test metrics count each of the 33 examples once: equal to one process testing the same weights
     shown = dict(re.findall(r"(test/\w+) = ([0-9.]+)", done.stdout))
     model = SequenceClassifier.load_from_checkpoint(folder / "checkpoints" / "last.ckpt", weights_only=True)
-    data = ListOpsDataModule(**{k: v for k, v in last["datamodule_hyper_parameters"].items()})
+    data = ListOpsDataModule(**{k: v for k, v in last["datamodule_hyper_parameters"].items()
+                                if not k.startswith("_")})
     single = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                      enable_model_summary=False).test(model, datamodule=data, verbose=False)[0]
     assert len(data.dataset("test")) == TEST_EXAMPLES

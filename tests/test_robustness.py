@@ -164,7 +164,8 @@ class NaNAtStep(pl.LightningModule):
 
 
 def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="s{step}", auto_insert_metric_name=False)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="s{step}",
+                                  auto_insert_metric_name=False)
     trainer = pl.Trainer(max_steps=8, callbacks=[FiniteLossCheck(), checkpoints], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     with pytest.raises(NonFiniteLossError) as info:
