@@ -6,7 +6,11 @@ prints the resolved config, ``--ckpt_path`` resumes a run. The DataModule's
 vocabulary size, maximum length, padding id, label count and [CLS] choice are
 linked into the model (``DATA_LINKS``), so configs never repeat them, and a
 link whose target the model lacks is an error instead of a silent default.
-Runs log to ``logs/<task>/<attention>/version_N``.
+Runs log to ``logs/<task>/<attention>/version_N`` (``--trainer.default_root_dir DIR``:
+``DIR/<task>/<attention>/version_N``). ``last.ckpt`` holds the newest state (every
+validation, every ``--last_checkpoint.every_n_train_steps``, the end of fit, SIGTERM);
+``--ckpt_path last`` resumes from the newest one of the task/attention folder.
+See docs/robustness.md for DDP, resuming and the answers to bad input.
 """
 
 from __future__ import annotations
@@ -22,13 +26,22 @@ from jsonargparse._util import import_object
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.callbacks.finite_loss import FiniteLossCheck
+from src.callbacks.last_checkpoint import LastCheckpoint
 from src.callbacks.resource_monitor import ResourceMonitor
+from src.callbacks.seeding import BatchSeeds
+from src.checkpoints import check_resume_checkpoint
+from src.cli_errors import explain
+
+LOG_ROOT = "logs"  # the configs' logger save_dir; --trainer.default_root_dir replaces it
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a scheduler expects from a pre-empted job
 
 DEFAULT_TRAINER = {
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "default"},
+        "init_args": {"save_dir": LOG_ROOT, "name": "default"},
     },
 }
 
@@ -51,12 +64,23 @@ def _data_attribute(name: str):
     return compute
 
 
+class TrainArgumentParser(LightningArgumentParser):
+    """Puts a one-line answer (unknown key/class, closest valid names) in front of parse errors."""
+
+    def error(self, message: str, ex: Exception | None = None):  # noqa: ANN201 (NoReturn upstream)
+        return super().error(explain(message), ex)
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI with the data->model links, checkpoint defaults and a ``--ckpt_path`` flag."""
 
+    def __init__(self, *args: Any, parser_class: type = TrainArgumentParser, **kwargs: Any) -> None:
+        super().__init__(*args, parser_class=parser_class, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="checkpoint to resume training from (e.g. .../checkpoints/last.ckpt)")
+                            help="checkpoint to resume training from (e.g. .../checkpoints/last.ckpt), "
+                                 "or 'last': the newest last.ckpt of this task/attention log folder")
         parser.add_argument("--extends", type=str | None, default=None,
                             help="(in a config file) the config it builds on, relative to it; "
                                  "train.py composes that one first")
@@ -67,7 +91,11 @@ class TrainCLI(LightningCLI):
             "checkpoint.monitor": None,  # None: the model's own `monitor` (e.g. val/acc, max)
             "checkpoint.save_last": True,
             "checkpoint.auto_insert_metric_name": False,
+            # LastCheckpoint also writes last.ckpt; without this, ModelCheckpoint would then
+            # write last-v1.ckpt next to it instead of replacing it.
+            "checkpoint.enable_version_counter": False,
         })
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         for attribute, target in DATA_LINKS:
             parser.link_arguments("data", target, compute_fn=_data_attribute(attribute),
                                   apply_on="instantiate")
@@ -84,6 +112,7 @@ class TrainCLI(LightningCLI):
         if config.checkpoint.filename is None and config.checkpoint.monitor:
             short = config.checkpoint.monitor.split("/")[-1]
             config.checkpoint.filename = f"best-step{{step}}-{short}{{{config.checkpoint.monitor}:.4f}}"
+        _follow_default_root_dir(config)
         encoder = config.model.init_args.get("encoder")
         attention = encoder.init_args.get("attention") if isinstance(encoder, Namespace) else None
         logger = config.trainer.get("logger")
@@ -106,6 +135,28 @@ class TrainCLI(LightningCLI):
                 f"argument '{target.rsplit('.', 1)[-1]}' in the model class (train.py DATA_LINKS), "
                 "or use a DataModule that does not provide it."
             )
+
+
+def _follow_default_root_dir(config: Namespace) -> None:
+    """``--trainer.default_root_dir DIR`` moves the TensorBoard logs (hence config, checkpoints, predictions).
+
+    Precedence: a logger ``save_dir`` other than the configs' ``logs`` was set on
+    purpose and wins only if it is inside DIR; one outside DIR is an error rather
+    than a silently ignored flag.
+    """
+    root = config.trainer.get("default_root_dir")
+    logger = config.trainer.get("logger")
+    if not root or not isinstance(logger, Namespace) or not logger.class_path.endswith("TensorBoardLogger"):
+        return
+    save_dir = logger.init_args.get("save_dir")
+    if save_dir in (None, LOG_ROOT):
+        logger.init_args.save_dir = str(root)
+    elif not Path(save_dir).resolve().is_relative_to(Path(root).resolve()):
+        raise SystemExit(
+            f"error: --trainer.default_root_dir={root} and the logger's save_dir={save_dir} disagree: "
+            "logs, config, checkpoints and predictions go under the logger's save_dir. Give only "
+            "default_root_dir (save_dir then follows it), or a save_dir inside it."
+        )
 
 
 def _accepts(config: Namespace, target: str) -> bool:
@@ -158,21 +209,62 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     cli.check_data_links()
     _check_callbacks(cli)
     config = cli.config
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.ckpt_path)
-    if not config.run_test or cli.trainer.interrupted:
+    trainer = cli.trainer
+    ckpt_path = resolve_ckpt_path(config.ckpt_path, trainer)
+    if ckpt_path is not None:
+        try:
+            check_resume_checkpoint(ckpt_path, cli.model)
+        except ValueError as error:
+            raise SystemExit(f"error: --ckpt_path: {error}") from None
+    try:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        saved = next((cb.saved_on_sigterm for cb in trainer.callbacks
+                      if isinstance(cb, LastCheckpoint)), None)
+        if trainer.is_global_zero:
+            print(f"Stopped by SIGTERM at step {trainer.global_step}; saved {saved or 'no checkpoint'}. "
+                  f"Resume with --ckpt_path {saved or 'last'}", file=sys.stderr, flush=True)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
+    if not config.run_test or trainer.interrupted:
         return {}
-    checkpoint = cli.trainer.checkpoint_callback
+    checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
-    results = cli.trainer.test(datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
+    # No validation ran (a run shorter than val_check_interval): there is no best checkpoint,
+    # so test the weights fit ended with, and say so.
+    source = (f"best checkpoint {Path(best).name}" if best
+              else "final weights: no validation ran, so there is no best checkpoint")
+    results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     metrics = results[0] if results else {}
     if writes_predictions(cli.model):
-        cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
-    if cli.trainer.is_global_zero:
-        source = f"best checkpoint {Path(best).name}" if best else "final weights"
+        trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
+    log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+    if trainer.is_global_zero:
         shown = ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items())
         print(f"Test ({source}): {shown}", flush=True)
-        print(f"Logs and checkpoints: {cli.trainer.log_dir}  (tensorboard --logdir {_log_root(cli)})")
+        print(f"Logs and checkpoints: {log_dir}  (tensorboard --logdir {_log_root(cli)})", flush=True)
     return metrics
+
+
+def resolve_ckpt_path(ckpt_path: str | None, trainer: Any) -> str | None:
+    """``last``: the newest ``last.ckpt`` in any version folder of this run's ``<save_dir>/<name>``.
+
+    (Lightning's own ``"last"`` looks only in the new run's version folder, which is empty.)
+    Any other value must be an existing file; Lightning then reports a file that is not a
+    checkpoint or does not fit the model (naming the keys).
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        logger = trainer.logger
+        root = Path(logger.save_dir) / logger.name if logger is not None else Path(trainer.default_root_dir)
+        found = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise SystemExit(f"error: --ckpt_path last: no last.ckpt under {root}; "
+                             "pass the checkpoint file instead")
+        return str(found[-1])
+    if not Path(ckpt_path).is_file():
+        raise SystemExit(f"error: --ckpt_path {ckpt_path} does not exist (or is not a file)")
+    return ckpt_path
 
 
 def writes_predictions(model: object) -> bool:
@@ -218,16 +310,22 @@ def _config_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
 
 def _check_callbacks(cli: TrainCLI) -> None:
     """Keep one LearningRateMonitor and one ResourceMonitor (time and peak memory for the LRA
-    table) even when a config replaces the callback list."""
-    if not any(isinstance(cb, LearningRateMonitor) for cb in cli.trainer.callbacks):
-        cli.trainer.callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if not any(isinstance(cb, ResourceMonitor) for cb in cli.trainer.callbacks):
-        cli.trainer.callbacks.append(ResourceMonitor())
+    table) even when a config replaces the callback list; add the per-batch seeding and the
+    finite-loss check first, so a NaN step raises before any checkpoint callback can save it."""
+    callbacks = cli.trainer.callbacks
+    if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(cb, ResourceMonitor) for cb in callbacks):
+        callbacks.append(ResourceMonitor())
+    if not any(isinstance(cb, FiniteLossCheck) for cb in callbacks):
+        callbacks.insert(0, FiniteLossCheck())
+    if not any(isinstance(cb, BatchSeeds) for cb in callbacks):
+        callbacks.insert(0, BatchSeeds())
 
 
 def _log_root(cli: TrainCLI) -> str:
     logger = cli.trainer.logger
-    return str(getattr(logger, "save_dir", None) or "logs")
+    return str(getattr(logger, "save_dir", None) or LOG_ROOT)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,2 @@
-"""Lightning callbacks that every run can use (enabled by train.py where noted)."""
+"""Lightning callbacks: what train.py adds to every run (resources, seeding, finite loss,
+last checkpoint) and optional views composed from configs/callbacks/."""

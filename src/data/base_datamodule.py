@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +30,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from src.data.samplers import ResumableLoader, ResumableSampler, ShardSampler
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CACHE_FORMAT = 1  # bump when the on-disk layout of the cache changes
@@ -184,6 +188,8 @@ class TokenDataModule(pl.LightningDataModule):
         self.prepend_cls = prepend_cls
         self.cache_dir = Path(cache_dir)
         self.datasets: dict[str, TokenDataset] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] | None = None
 
     # -- what a task defines -----------------------------------------------------------------
     @property
@@ -249,8 +255,10 @@ class TokenDataModule(pl.LightningDataModule):
         if (folder / _COMPLETE).is_file():
             return
         rank_zero_info(f"Preprocessing {type(self).__name__} from {self.data_dir} into {folder}")
-        staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
+        # Unique per process and host: preparers on several nodes of a shared filesystem never
+        # write into the same staging folder; the first complete rename wins, the others discard.
+        unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging = folder.with_name(f"{folder.name}.tmp-{unique}")
         staging.mkdir(parents=True)
         counts = {}
         try:
@@ -335,13 +343,54 @@ class TokenDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+        """Shuffled by (seed, epoch), sharded over the ranks, resumable inside an epoch (``src.data.samplers``)."""
+        replicas, rank = self._world()
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = ResumableSampler(self.dataset("train"), num_replicas=replicas, rank=rank, seed=seed)
+        loader = ResumableLoader(
+            self.dataset("train"), sampler=sampler, batch_size=self.batch_size,
+            num_workers=self.num_workers, collate_fn=self.collator(),
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+        )
+        if self._train_position is not None:
+            loader.restore(self._train_position)
+            self._train_position = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader("test")
+        """Under DDP each rank tests its own shard, so every test example counts exactly once."""
+        replicas, rank = self._world()
+        if replicas == 1:
+            return self.loader("test")
+        return DataLoader(
+            self.dataset("test"), batch_size=self.batch_size,
+            sampler=ShardSampler(self.dataset("test"), num_replicas=replicas, rank=rank),
+            num_workers=self.num_workers, collate_fn=self.collator(),
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    # -- resuming: the position inside the training epoch travels in the checkpoint ----------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_loader is None:
+            return {}
+        return {"train_position": self._train_loader.position()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        position = state_dict.get("train_position")
+        if position is None:
+            return
+        if self._train_loader is not None:  # the loader already exists: move it
+            self._train_loader.restore(position)
+        else:  # restored before the loader is built (Lightning's usual order)
+            self._train_position = dict(position)
 
     def predict_dataloader(self) -> DataLoader:
         return self.loader("test")

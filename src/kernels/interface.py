@@ -103,6 +103,22 @@ def _validate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> No
         raise ValueError("sequence lengths and head dims must be >= 1")
 
 
+def propagate_non_finite(
+    y: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qm: torch.Tensor, km: torch.Tensor
+) -> torch.Tensor:
+    """Make ``y`` NaN where softmax attention would be: hashing turns NaN/inf into finite codes.
+
+    A non-finite query makes its own row NaN; a non-finite real (unmasked) key or
+    value makes every real row of its batch x head NaN; padded positions stay
+    ignored and padded rows are exactly 0 (also when a kernel left NaN there).
+    Adds ``0 * x`` sums (NaN exactly where ``x`` is not finite): one pass over
+    q, k, v, no data-dependent branch (compiles).
+    """
+    keys = torch.where(km, (k * 0).sum(-1) + (v * 0).sum(-1), 0.0).sum(-1, keepdim=True)  # [BH, 1]
+    rows = (q * 0).sum(-1) + keys  # [BH, n_q]
+    return torch.where(qm.unsqueeze(-1), y + rows.unsqueeze(-1), 0.0)
+
+
 def yoso_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -161,6 +177,8 @@ def yoso_attention(
         v = value.float().reshape(bh, num_keys, value_dim)
         qm = query_mask.unsqueeze(1).expand(batch, heads, num_queries).reshape(bh, num_queries)
         km = key_mask.unsqueeze(1).expand(batch, heads, num_keys).reshape(bh, num_keys)
+        # Padded keys/values never reach the kernels: a NaN there must not leak in through 0 * NaN.
+        k, v = (torch.where(km.unsqueeze(-1), t, 0.0) for t in (k, v))
         if expectation:
             y = ExpectationCumulation.apply(qm, km, q, k, v, hash_code_len)
         else:
@@ -176,4 +194,5 @@ def yoso_attention(
             )
         if normalize_output:
             y = normalize_rows(y)
+        y = propagate_non_finite(y, q, k, v, qm, km)
     return y.reshape(batch, heads, num_queries, value_dim).to(out_dtype)

@@ -74,6 +74,9 @@ class TaskModule(pl.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_metrics": self.build_metrics().clone(prefix=f"{stage}/") for stage in self.stages}
         )
+        # Under DDP the per-step training values are reduced over all ranks (global, not rank 0's).
+        for metric in [self.losses["train_loss"], *self.metrics["train_metrics"].values()]:
+            metric.dist_sync_on_step = True
         name, mode = self.monitor
         self.best_monitored = MaxMetric() if mode == "max" else MinMetric()
         self._batch_started: float | None = None
@@ -93,7 +96,9 @@ class TaskModule(pl.LightningModule):
         loss, preds, target = self.step_outputs(batch)
         loss_metric = self.losses[f"{stage}_loss"]
         metrics = self.metrics[f"{stage}_metrics"]
-        loss_metric(loss)
+        # Weighted by the number of predictions, so the epoch loss is the mean over examples
+        # (tokens) whatever the batch sizes, e.g. the uneven test shards of DDP ranks.
+        loss_metric(loss, weight=float(target.shape[0]) if target.dim() else 1.0)
         metrics(preds, target)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss_metric, on_step=on_step, on_epoch=not on_step, prog_bar=True)

@@ -12,8 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.kernels import yoso_attention
-from src.kernels.interface import as_bool_mask
+from src.kernels.interface import HASHINGS, as_bool_mask
+from src.kernels.reference import check_hash_code_len
 from src.models.components.sequence_conv import SequenceConv
+
+
+def check_yoso_options(
+    num_heads: int, head_dim: int, hash_code_len: int, num_hashes: int, hashing: str
+) -> None:
+    """Fail when the model is built, not at the first batch, with the range each option supports."""
+    for name, value in (("num_heads", num_heads), ("head_dim", head_dim), ("num_hashes", num_hashes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"YOSOAttention: {name} must be an int >= 1, got {value!r}")
+    check_hash_code_len(hash_code_len)
+    if hashing not in HASHINGS:
+        raise ValueError(f"YOSOAttention: hashing must be one of {HASHINGS}, got {hashing!r}")
 
 
 class YOSOAttention(nn.Module):
@@ -47,6 +60,7 @@ class YOSOAttention(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        check_yoso_options(num_heads, head_dim, hash_code_len, num_hashes, hashing)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.num_hashes = num_hashes
