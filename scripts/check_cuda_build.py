@@ -9,7 +9,7 @@ Modes (several may be given; each is timed):
 ``link``
     Build and link the full torch extension (binding + kernels) with
     ``src.kernels.build.load_extension(..., cuda=True)``, exactly as
-    ``cuda_backend.load()`` does on a GPU machine, for TORCH_CUDA_ARCH_LIST
+    ``build.extension("cuda")`` does on a GPU machine, for TORCH_CUDA_ARCH_LIST
     "8.0;9.0". Needs a CUDA build of torch (e.g. torch==2.14.1 cu130) and nvcc.
     The built module is then imported: importing does not need a GPU (the
     driver's libcuda is only opened on the first CUDA call), so the check also
@@ -129,7 +129,7 @@ def _build_and_load(verbose: bool) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from src.kernels import build, cuda_backend
+    from src.kernels import build
 
     print(
         f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
@@ -139,9 +139,9 @@ def _build_and_load(verbose: bool) -> None:
     )
     if torch.version.cuda is None:
         raise SystemExit("link mode needs a CUDA build of torch (e.g. torch==2.14.1 cu130)")
-    print("wheel include dirs:", [str(p) for p in cuda_backend.wheel_cuda_include_dirs()])
+    print("wheel include dirs:", [str(p) for p in build.wheel_cuda_include_dirs()])
     try:
-        module = cuda_backend.build_extension(verbose=verbose)
+        module = build.build_cuda(verbose=verbose)
     except (ImportError, RuntimeError) as error:
         # RuntimeError: build.py wraps compiler/linker failures; ImportError: built
         # and linked, but the loader could not open the result.

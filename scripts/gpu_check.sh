@@ -13,7 +13,7 @@
 #
 # Steps (total budget about 7.5 minutes, each step has its own time limit):
 #   1. nvidia-smi, torch / CUDA versions
-#   2. build the CUDA extension (src/kernels/cuda_backend.py -> build.load_extension)
+#   2. build the CUDA extension (src/kernels/build.py: build.extension("cuda"))
 #   3. python -m pytest -m cuda tests/kernels -q
 #   4. python benchmarks/attention.py --device cuda --lengths 1024 ... 65536 --head-dim 64
 # Everything is tee'd to benchmarks/results/gpu_check_<gpu-name>_<date>.log;
@@ -80,9 +80,9 @@ step "2/4 build the CUDA extension"
 timeout "$(($(remaining) < 300 ? $(remaining) : 300))" "$PYTHON" - <<'EOF' || { echo "BUILD FAILED"; status=1; }
 import time
 t = time.perf_counter()
-from src.kernels import cuda_backend
-backend = cuda_backend.load(verbose=True)
-print(f"built/loaded {backend.extension.__file__} in {time.perf_counter() - t:.1f} s")
+from src.kernels import build
+module = build.extension("cuda", verbose=True)
+print(f"built/loaded {module.__file__} in {time.perf_counter() - t:.1f} s")
 EOF
 
 step "3/4 CUDA tests"
