@@ -56,6 +56,8 @@ LAUNCHERS = (
     "yoso_lsh_cumulation",
     "yoso_lsh_weighted_cumulation",
     "yoso_lsh_cumulation_workspace_bytes",
+    "yoso_lsh_backward",
+    "yoso_lsh_backward_workspace_bytes",
 )
 
 
@@ -235,6 +237,9 @@ inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
 inline float atomicAdd(float* address, float value) {
   return std::atomic_ref<float>(*address).fetch_add(value);
 }
+inline int atomicAdd(int* address, int value) {
+  return std::atomic_ref<int>(*address).fetch_add(value);
+}
 inline cudaError_t cudaGetLastError() {
   cudaError_t e = emu::last_error;
   emu::last_error = cudaSuccess;
@@ -375,8 +380,11 @@ def build_emulation(tmp: Path) -> ctypes.CDLL:
     lib.yoso_lsh_cumulation_workspace_bytes.restype = ctypes.c_size_t
     lib.yoso_lsh_cumulation.argtypes = [p, p, p, p, p, p, p] + [i64] * 5 + [i32, p]
     lib.yoso_lsh_weighted_cumulation.argtypes = [p] * 9 + [i64] * 6 + [i32, p]
+    lib.yoso_lsh_backward_workspace_bytes.argtypes = [i64, i64, i64, i64, i32]
+    lib.yoso_lsh_backward_workspace_bytes.restype = ctypes.c_size_t
+    lib.yoso_lsh_backward.argtypes = [p] * 12 + [i64] * 6 + [i32, p]
     for name in LAUNCHERS:
-        if name != "yoso_lsh_cumulation_workspace_bytes":
+        if not name.endswith("_workspace_bytes"):
             getattr(lib, name).restype = ctypes.c_int
     return lib
 
@@ -513,6 +521,60 @@ class EmulatedOps:
         return out
 
 
+def _emulated_backward(ops: EmulatedOps, qm, qc, q, km, kc, k, v, g, tau):
+    """(dQ, dK, dV) from the emulated sorted backward; outputs start as NaN (fully written)."""
+    import torch
+
+    qm, km = qm.bool().contiguous(), km.bool().contiguous()
+    qc, kc = qc.int().contiguous(), kc.int().contiguous()
+    q, k, v, g = (t.float().contiguous() for t in (q, k, v, g))
+    bh, nq, d = q.shape
+    nk, dv, m = k.shape[1], v.shape[2], qc.shape[2]
+    outs = [torch.full(shape, float("nan")) for shape in ((bh, nq, d), (bh, nk, d), (bh, nk, dv))]
+    size = ops.lib.yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, tau)
+    ws = torch.empty(max(1, size // 4), dtype=torch.int32)
+    status = ops.lib.yoso_lsh_backward(
+        *(ops._ptr(t) for t in (qm, qc, q, km, kc, k, v, g, *outs, ws)), bh, nq, nk, m, d, dv, tau, None
+    )
+    ops._check(status, "lsh_backward")
+    return outs
+
+
+def check_emulated_backward(ops: EmulatedOps) -> int:
+    """The sorted CUDA backward against reference.lsh_backward: odd shapes, padding, every
+    path (direct tiles larger than one tile, per-bucket tables, skewed buckets, tau 16)."""
+    import torch
+
+    from src.kernels import reference as ref
+
+    gen = torch.Generator().manual_seed(1)
+    cases = [  # (bh, nq, nk, d, dv, m, tau, hot): hot = share of rows forced into bucket 1
+        (1, 1, 1, 1, 1, 1, 1, 0.0),
+        (2, 31, 33, 24, 24, 3, 3, 0.0),
+        (3, 70, 45, 32, 7, 4, 2, 0.5),
+        (2, 40, 50, 8, 8, 5, 4, 0.9),
+        (1, 90, 80, 100, 64, 2, 16, 0.7),
+        (2, 20, 25, 5, 3, 33, 16, 0.0),
+    ]
+    for bh, nq, nk, d, dv, m, tau, hot in cases:
+        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
+        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
+        qc[torch.rand(qc.shape, generator=gen) < hot] = 1
+        kc[torch.rand(kc.shape, generator=gen) < hot] = 1
+        qm = torch.rand(bh, nq, generator=gen) > 0.2
+        km = torch.rand(bh, nk, generator=gen) > 0.2
+        if bh > 1:
+            km[0] = False
+        q, k = torch.randn(bh, nq, d, generator=gen), torch.randn(bh, nk, d, generator=gen)
+        v, g = torch.randn(bh, nk, dv, generator=gen), torch.randn(bh, nq, dv, generator=gen)
+        got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
+        want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
+        bound = ref.lsh_backward(qm, qc, q.abs(), km, kc, k.abs(), v.abs(), g.abs(), tau)
+        for name, a, b, c in zip(("dq", "dk", "dv"), got, want, bound):
+            assert bool(((a - b).abs() <= 3e-5 * c + 1e-6).all()), f"backward {name} differs"
+    return len(cases)
+
+
 def check_emulate() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
@@ -589,6 +651,7 @@ def check_emulate() -> None:
             want = ref.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, v, tau)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             checked += 1
+        checked += check_emulated_backward(ops)
         print(f"emulate: {checked} cases match the reference")
 
 

@@ -107,19 +107,6 @@ def _(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, has
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
-def _cuda_lsh_backward(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, tau):
-    """The CUDA extension has no fused backward yet: three cumulations."""
-    ext = build.extension("cuda")
-    grad_value = ext.lsh_cumulation(key_mask, key_codes, query_mask, query_codes, grad, tau)
-    grad_query = ext.lsh_weighted_cumulation(
-        query_mask, query_codes, grad, key_mask, key_codes, value, key, tau
-    )
-    grad_key = ext.lsh_weighted_cumulation(
-        key_mask, key_codes, value, query_mask, query_codes, grad, query, tau
-    )
-    return grad_query * (tau / 2), grad_key * (tau / 2), grad_value
-
-
 def _kernel(device_type: str, name: str) -> Callable:
     def run(*args):
         return getattr(build.extension(device_type), name)(*args)
@@ -131,5 +118,4 @@ def _kernel(device_type: str, name: str) -> Callable:
 for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, lsh_backward):
     _name = _op._name.split("::")[-1]
     for _device in DEVICE_TYPES:
-        _fused_on_cuda = (_device, _name) == ("cuda", "lsh_backward")
-        _op.register_kernel(_device, _cuda_lsh_backward if _fused_on_cuda else _kernel(_device, _name))
+        _op.register_kernel(_device, _kernel(_device, _name))
