@@ -121,7 +121,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _available_bytes() -> float:
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return float(fields["MemAvailable"].split()[0]) * 1024
+
+
 def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
+    if attention == "yoso-e":  # dense [B*H, n, n] float32 weights, ~6 live copies in fwd+bwd
+        need = 6 * args.batch * 2 * length**2 * 4
+        if need > 0.7 * _available_bytes():
+            return {"status": f"skipped (~{need / 2**30:.0f} GiB)"}
     cmd = [sys.executable, __file__, "--worker", "--attention", attention, "--length", str(length),
            "--device", args.device, "--batch", str(args.batch), "--hash-code-len", str(args.hash_code_len),
            "--repeats", str(args.repeats)]
