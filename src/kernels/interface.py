@@ -203,9 +203,12 @@ def yoso_attention(
     out_dtype = query.dtype
     bh = batch * heads
     with torch.autocast(device_type=query.device.type, enabled=False):
-        q = normalize_rows(query.float()).reshape(bh, num_queries, head_dim)
-        k = normalize_rows(key.float()).reshape(bh, num_keys, head_dim)
-        v = value.float().reshape(bh, num_keys, value_dim)
+        # Contiguous before normalising: the normalised tensors are then saved once, as
+        # views, by both autograd nodes (a strided input would be copied by reshape and
+        # kept twice).
+        q = normalize_rows(query.float().contiguous()).reshape(bh, num_queries, head_dim)
+        k = normalize_rows(key.float().contiguous()).reshape(bh, num_keys, head_dim)
+        v = value.float().contiguous().reshape(bh, num_keys, value_dim)
         qm = query_mask.unsqueeze(1).expand(batch, heads, num_queries).reshape(bh, num_queries)
         km = key_mask.unsqueeze(1).expand(batch, heads, num_keys).reshape(bh, num_keys)
         if expectation and exact_gradient:
