@@ -45,6 +45,10 @@ def parse_attention(name: str) -> dict:
         return {"kind": "softmax", "dtype": dtype}
     if base == "yoso-e":
         return {"kind": "yoso", "expectation": True, "backend": backend or None, "dtype": "float32"}
+    if base.startswith("yoso-") and base.endswith("-bf16") and base[5:-5].isdigit():
+        # bf16 in and out; the kernels compute in float32 (no bf16 kernels yet)
+        return {"kind": "yoso", "num_hashes": int(base[5:-5]), "backend": backend or None,
+                "dtype": "bfloat16"}
     if base.startswith("yoso-") and base[5:].isdigit():
         return {"kind": "yoso", "num_hashes": int(base[5:]), "backend": backend or None, "dtype": "float32"}
     raise ValueError(f"unknown attention {name!r}; see --help")

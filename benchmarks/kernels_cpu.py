@@ -25,8 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.kernels import yoso_attention  # noqa: E402
-from src.kernels.backends import load_backend  # noqa: E402
+from src.kernels import build, yoso_attention  # noqa: E402
 
 
 def _inputs(batch_heads: int, length: int, dim: int, seed: int) -> list[torch.Tensor]:
@@ -96,8 +95,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cpu = load_backend("cpu")  # build (or load) before timing
-    isa = cpu.extension.active_isa() if hasattr(cpu, "extension") else "?"
+    isa = build.extension("cpu").active_isa()  # build (or load) before timing
     print(
         f"# YOSO-{args.num_hashes} fwd+bwd, tau={args.tau}, {args.hashing} hash, LSH backward, "
         f"B*H={args.batch_heads}, d={args.dim}, fp32, {torch.get_num_threads()} threads, "

@@ -13,9 +13,10 @@
 #
 # Steps (total budget about 7.5 minutes, each step has its own time limit):
 #   1. nvidia-smi, torch / CUDA versions
-#   2. build the CUDA extension (src/kernels/cuda_backend.py -> build.load_extension)
+#   2. build the CUDA extension (src/kernels/build.py: build.extension("cuda"))
 #   3. python -m pytest -m cuda tests/kernels -q
-#   4. python benchmarks/attention.py --device cuda --lengths 1024 ... 65536 --head-dim 64
+#   4. compute-sanitizer --tool racecheck on a small case of every kernel (shared-memory hazards)
+#   5. python benchmarks/attention.py --device cuda --lengths 1024 ... 65536 --head-dim 64
 # Everything is tee'd to benchmarks/results/gpu_check_<gpu-name>_<date>.log;
 # the benchmark writes benchmarks/results/gpu_<gpu-name>_<date>.{csv,md,png}.
 # Exit status: 0 when every step that ran passed, 1 otherwise.
@@ -48,7 +49,7 @@ exec > >(tee -a "$LOG") 2>&1
 status=0
 step() { printf '\n===== %s (t=%ds) =====\n' "$1" "$((SECONDS - START))"; }
 
-step "1/4 machine"
+step "1/5 machine"
 date -u
 nvidia-smi || { echo "nvidia-smi failed: no NVIDIA driver/GPU?"; status=1; }
 "$PYTHON" - <<'EOF' || status=1
@@ -76,16 +77,16 @@ if ! "$PYTHON" -c "import ninja" 2>/dev/null && ! command -v ninja >/dev/null; t
   install_carried ninja || echo "WARNING: ninja is missing; torch's extension builder needs it"
 fi
 
-step "2/4 build the CUDA extension"
+step "2/5 build the CUDA extension"
 timeout "$(($(remaining) < 300 ? $(remaining) : 300))" "$PYTHON" - <<'EOF' || { echo "BUILD FAILED"; status=1; }
 import time
 t = time.perf_counter()
-from src.kernels import cuda_backend
-backend = cuda_backend.load(verbose=True)
-print(f"built/loaded {backend.extension.__file__} in {time.perf_counter() - t:.1f} s")
+from src.kernels import build
+module = build.extension("cuda", verbose=True)
+print(f"built/loaded {module.__file__} in {time.perf_counter() - t:.1f} s")
 EOF
 
-step "3/4 CUDA tests"
+step "3/5 CUDA tests"
 if ! "$PYTHON" -m pytest --version >/dev/null 2>&1; then
   install_carried pytest || true
 fi
@@ -98,7 +99,36 @@ else
   status=1
 fi
 
-step "4/4 benchmark"
+step "4/5 racecheck (small case)"
+SANITIZER="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
+if [ -x "$SANITIZER" ]; then
+  timeout "$(($(remaining) < 120 ? $(remaining) : 120))" "$SANITIZER" --tool racecheck --error-exitcode 1 \
+    "$PYTHON" - <<'EOF' || { echo "RACECHECK FAILED"; status=1; }
+import torch
+from src.kernels import build, ops
+build.extension("cuda")
+g = torch.Generator(device="cuda").manual_seed(0)
+bh, nq, nk, d, dv, m, tau = 2, 70, 50, 32, 16, 3, 3
+qm = torch.rand(bh, nq, device="cuda", generator=g) > 0.2
+km = torch.rand(bh, nk, device="cuda", generator=g) > 0.2
+qc = torch.randint(0, 2**tau, (bh, nq, m), device="cuda", generator=g, dtype=torch.int32)
+kc = torch.randint(0, 2**tau, (bh, nk, m), device="cuda", generator=g, dtype=torch.int32)
+q, k = torch.randn(bh, nq, d, device="cuda"), torch.randn(bh, nk, d, device="cuda")
+v, gr = torch.randn(bh, nk, dv, device="cuda"), torch.randn(bh, nq, dv, device="cuda")
+x = torch.nn.functional.normalize(torch.randn(bh, 33, 32, device="cuda"), dim=-1)
+ops.hash_gaussian(x, torch.randn(bh, 32, m * tau, device="cuda"), tau)
+ops.hash_fast(x, torch.ones(bh, 3, 1, 32, device="cuda"), m, tau)
+ops.lsh_cumulation(qm, qc, km, kc, v, tau)
+ops.lsh_weighted_cumulation(qm, qc, gr, km, kc, v, k, tau)
+ops.lsh_backward(qm, qc, q, km, kc, k, v, gr, tau)
+torch.cuda.synchronize()
+print("racecheck case ran")
+EOF
+else
+  echo "compute-sanitizer not found: racecheck skipped"
+fi
+
+step "5/5 benchmark"
 bench_args=(--device cuda --lengths 1024 2048 4096 8192 16384 32768 65536 --head-dim 64
             --out "benchmarks/results/gpu_${gpu_name}_${stamp}")
 if "$PYTHON" benchmarks/attention.py --help 2>/dev/null | grep -q -- "--timeout"; then

@@ -14,11 +14,15 @@ the paper replaces it with ``(tau/2) * B``, which gives (``G`` = grad of ``Y``):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from src.kernels.reference import expectation_weights
+
+# arccos has an infinite slope at +-1: the exact gradient clamps the cosine just inside.
+_EXACT_COSINE_LIMIT = 1.0 - 1e-6
 
 
 def _expectation_backward(
@@ -38,6 +42,29 @@ def _expectation_backward(
     grad_query = torch.bmm(scaled, key)
     grad_key = torch.bmm(scaled.transpose(1, 2), query)
     return grad_query, grad_key, grad_value
+
+
+class RowNormalize(torch.autograd.Function):
+    """``x / ||x||`` over the last dim, 0 for all-zero rows (value and gradient).
+
+    Why a Function: autograd of the composite (norm, where, mul) makes ~7 passes
+    over the tensor in the backward; the closed form ``(g - y (g . y)) / ||x||``
+    makes three. These passes were a large share of a YOSO layer's time.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        inverse = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        y = x * inverse
+        ctx.save_for_backward(y, inverse)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        y, inverse = ctx.saved_tensors
+        along = torch.linalg.vecdot(grad, y, dim=-1).unsqueeze(-1)
+        return torch.addcmul(grad, y, along, value=-1.0).mul_(inverse)
 
 
 class ExpectationCumulation(torch.autograd.Function):
@@ -68,8 +95,42 @@ class ExpectationCumulation(torch.autograd.Function):
         return (None, None, *grads, None)
 
 
+class ExactExpectation(torch.autograd.Function):
+    """YOSO-E with the true derivative of ``(1 - arccos(x)/pi)**tau`` (a test reference)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        query_mask: torch.Tensor,
+        key_mask: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        hash_code_len: int,
+    ) -> torch.Tensor:
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+            q, k, v = leaves
+            cosine = torch.bmm(q, k.transpose(1, 2)).clamp(-_EXACT_COSINE_LIMIT, _EXACT_COSINE_LIMIT)
+            weights = (1.0 - torch.arccos(cosine) / math.pi) ** hash_code_len
+            weights = weights * key_mask.to(q.dtype).unsqueeze(-2)
+            y = torch.bmm(weights, v) * query_mask.to(q.dtype).unsqueeze(-1)
+        ctx.save_for_backward(y, *leaves)
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, *leaves = ctx.saved_tensors
+        grads = torch.autograd.grad(y, leaves, grad)
+        return (None, None, *grads, None)
+
+
 class LSHCumulation(torch.autograd.Function):
-    """YOSO-m: hash-table forward; LSH (linear) or expectation (quadratic) backward."""
+    """YOSO-m: hash-table forward; fused LSH (linear) or expectation (quadratic) backward.
+
+    ``impl`` is the module of ops (``ops`` compiled, or ``reference``); inputs are
+    float32 with bool masks and int32 codes.
+    """
 
     @staticmethod
     def forward(
@@ -83,30 +144,26 @@ class LSHCumulation(torch.autograd.Function):
         key_codes: torch.Tensor,
         hash_code_len: int,
         lsh_backward: bool,
-        ops: Any,
+        impl: Any,
     ) -> torch.Tensor:
+        query, key = query.contiguous(), key.contiguous()
         ctx.save_for_backward(query_mask, key_mask, query, key, value, query_codes, key_codes)
         ctx.hash_code_len = hash_code_len
         ctx.lsh_backward = lsh_backward
-        ctx.ops = ops
-        return ops.lsh_cumulation(query_mask, query_codes, key_mask, key_codes, value, hash_code_len)
+        ctx.impl = impl
+        return impl.lsh_cumulation(query_mask, query_codes, key_mask, key_codes, value, hash_code_len)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query_mask, key_mask, query, key, value, query_codes, key_codes = ctx.saved_tensors
         tau = ctx.hash_code_len
-        grad = grad.contiguous()
-        if not ctx.lsh_backward:
+        grad = grad.float().contiguous()
+        if ctx.lsh_backward:
+            grads = ctx.impl.lsh_backward(
+                query_mask, query_codes, query, key_mask, key_codes, key, value, grad, tau
+            )
+        else:
             grads = _expectation_backward(
                 grad, query_mask.to(grad.dtype), key_mask.to(grad.dtype), query, key, value, tau
             )
-            return (None, None, *grads, None, None, None, None, None)
-        ops = ctx.ops
-        grad_value = ops.lsh_cumulation(key_mask, key_codes, query_mask, query_codes, grad, tau)
-        grad_query = ops.lsh_weighted_cumulation(
-            query_mask, query_codes, grad, key_mask, key_codes, value, key, tau
-        ) * (tau / 2)
-        grad_key = ops.lsh_weighted_cumulation(
-            key_mask, key_codes, value, query_mask, query_codes, grad, query, tau
-        ) * (tau / 2)
-        return (None, None, grad_query, grad_key, grad_value, None, None, None, None, None)
+        return (None, None, *grads, None, None, None, None, None)

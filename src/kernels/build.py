@@ -1,4 +1,8 @@
-"""JIT build of the compiled YOSO backends (CPU and CUDA) with a persistent cache.
+"""JIT build of the two compiled YOSO extensions (CPU and CUDA), one cache.
+
+``extension("cpu")`` / ``extension("cuda")`` return the built module for a
+device type (built once per process, failures remembered so that a missing
+compiler costs one attempt, not one per call).
 
 Why: compiling at install time would tie the package to one machine; compiling
 at import time would make ``import src.kernels`` slow and fragile. Instead the
@@ -14,7 +18,7 @@ with a file baton; a finished library is only loaded directly when no build
 holds that baton.
 
 Every failure (no ninja, no compiler, no CUDA toolkit, a compile error) is a
-``RuntimeError`` with a readable message, which ``backends.py`` turns into a
+``RuntimeError`` with a readable message, which ``interface.py`` turns into a
 one-time fallback warning for ``backend="auto"``.
 """
 
@@ -39,7 +43,21 @@ BUILD_DIR_ENV_VAR = "YOSO_BUILD_DIR"
 DEFAULT_BUILD_DIR = Path("~/.cache/yoso_lightning/build")
 _LIB_EXT = ".pyd" if sys.platform == "win32" else ".so"
 _INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
-_LOADED: dict[str, types.ModuleType] = {}  # library path -> module, for this process
+_LOADED: dict[str, types.ModuleType] = {}  # device type -> built module, for this process
+_FAILED: dict[str, str] = {}  # device type -> why it cannot be built here
+
+CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+CPU_NAME = "yoso_cpu"
+CPU_SOURCES = (CSRC_DIR / "cpu" / "yoso_cpu.cpp", CSRC_DIR / "cpu" / "yoso_cpu_kernels.cpp")
+# No -march=native: the library may be shared between machines. The kernels
+# carry their own AVX2 / AVX-512 variants behind a runtime CPU check.
+# -ffp-contract=fast lets the compiler use FMA in those variants.
+CPU_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+CPU_LDFLAGS = ["-fopenmp"]
+CUDA_NAME = "yoso_cuda_kernels"
+CUDA_SOURCES = (CSRC_DIR / "cuda" / "binding.cpp", CSRC_DIR / "cuda" / "yoso_kernels.cu")
+# No --use_fast_math: keep IEEE float32 rounding so results match the reference.
+CUDA_CFLAGS = ["-O3", "-std=c++17", "-lineinfo"]
 
 
 def build_root() -> Path:
@@ -226,15 +244,12 @@ def load_extension(
     key = build_key(name, sources, cuda=cuda, flags=flags, include_paths=include_paths)
     directory = build_root() / f"{name}-{key}"
     library = directory / f"{name}{_LIB_EXT}"
-    if str(library) in _LOADED:
-        return _LOADED[str(library)]
     if library.is_file() and not (directory / "lock").exists():
         try:
             module = _import_library(name, library)
         except ImportError:
             module = None  # a broken cache entry: rebuild below
         if module is not None:
-            _LOADED[str(library)] = module
             return module
 
     _check_toolchain(cuda)
@@ -274,5 +289,75 @@ def load_extension(
         file=sys.stderr,
         flush=True,
     )
-    _LOADED[str(library)] = module
+    return module
+
+
+def wheel_cuda_include_dirs() -> list[Path]:
+    """Header folders shipped by the torch wheel's ``nvidia`` packages.
+
+    CUDA 13 builds of torch put the toolkit headers they were built with (among
+    them ``cusparse.h``, which torch's CUDA headers include and which a bare
+    toolkit may lack) under ``site-packages/nvidia/cu13/include``.
+    """
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    major = (torch.version.cuda or "").split(".")[0]
+    found = []
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / f"cu{major}" / "include"
+        if major and candidate.is_dir():
+            found.append(candidate)
+    return found
+
+
+def build_cuda(verbose: bool = False) -> types.ModuleType:
+    """Compile (or load from the cache) the CUDA extension; needs nvcc, not a GPU."""
+    if torch.version.cuda is None:
+        raise RuntimeError(
+            f"torch {torch.__version__} was built without CUDA; install a CUDA build of torch"
+        )
+    return load_extension(
+        CUDA_NAME,
+        list(CUDA_SOURCES),
+        cuda=True,
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=CUDA_CFLAGS,
+        extra_include_paths=[str(path) for path in wheel_cuda_include_dirs()],
+        verbose=verbose,
+    )
+
+
+def _build(device_type: str, verbose: bool) -> types.ModuleType:
+    if device_type == "cpu":
+        return load_extension(
+            CPU_NAME, list(CPU_SOURCES), extra_cflags=CPU_CFLAGS, extra_ldflags=CPU_LDFLAGS,
+            verbose=verbose,
+        )
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "the CUDA kernels need a GPU: torch.cuda.is_available() is False "
+                "(no NVIDIA driver or no visible device)"
+            )
+        return build_cuda(verbose)
+    raise RuntimeError(f"no compiled YOSO kernels for {device_type} tensors (only cpu and cuda)")
+
+
+def extension(device_type: str, verbose: bool = False) -> types.ModuleType:
+    """The compiled extension for ``device_type`` tensors, built on first use.
+
+    Raises:
+        RuntimeError: it cannot be built here (the reason is remembered and repeated).
+    """
+    if device_type in _LOADED:
+        return _LOADED[device_type]
+    if device_type in _FAILED:
+        raise RuntimeError(_FAILED[device_type])
+    try:
+        module = _build(device_type, verbose)
+    except Exception as error:  # a missing compiler, toolkit or GPU all land here
+        _FAILED[device_type] = f"the YOSO {device_type} kernels are unavailable: {error}"
+        raise RuntimeError(_FAILED[device_type]) from error
+    _LOADED[device_type] = module
     return module

@@ -1,24 +1,64 @@
-"""The one entry point for YOSO attention: ``yoso_attention``.
+"""The one entry point for YOSO attention: ``yoso_attention``, and the one validation.
 
 Modules call only this function; it validates inputs, draws the hash
-parameters, hashes, picks the backend for the tensors' device and applies the
-paper's normalisations. Backends (reference / compiled CPU / CUDA) live behind
-``src.kernels.backends``.
+parameters, hashes, chooses between the reference ops and the compiled ops
+(``ops.py``, whose kernel for the tensors' device torch's dispatcher picks)
+and applies the paper's normalisations.
+
+Backend selection: ``backend=`` or ``$YOSO_BACKEND``; ``"auto"`` (default) uses
+the compiled ops and falls back to the reference with one warning when they
+cannot be built; ``"cpu"`` / ``"cuda"`` insist on them (and on that device);
+``"reference"`` is the plain-PyTorch definition.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from types import ModuleType
 from typing import Literal
 
 import torch
 
-from src.kernels import reference
-from src.kernels.autograd import ExpectationCumulation, LSHCumulation
-from src.kernels.backends import Backend, resolve_backend
+from src.kernels import build, ops, reference
+from src.kernels.autograd import ExactExpectation, ExpectationCumulation, LSHCumulation, RowNormalize
 
 Hashing = Literal["gaussian", "fast"]
 HASHINGS = ("gaussian", "fast")
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+BACKEND_ENV_VAR = "YOSO_BACKEND"
+_WARNED: set[str] = set()
 
+
+def select_ops(device: torch.device, backend: str | None = None) -> ModuleType:
+    """The module whose ops run for tensors on ``device``: ``ops`` (compiled) or ``reference``."""
+    name = backend or os.environ.get(BACKEND_ENV_VAR) or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown YOSO backend {name!r}; choose one of {BACKENDS}")
+    if name == "reference":
+        return reference
+    if name != "auto" and name != device.type:
+        raise ValueError(
+            f"YOSO backend {name!r} runs on {name} tensors, got {device.type} tensors; "
+            "move the tensors or choose backend='auto'"
+        )
+    if device.type not in ops.DEVICE_TYPES:
+        return reference
+    try:
+        build.extension(device.type)
+    except RuntimeError as error:
+        if name != "auto":
+            raise
+        if device.type not in _WARNED:
+            _WARNED.add(device.type)
+            warnings.warn(
+                f"{error}. Falling back to the (slower) PyTorch reference implementation. "
+                f"Set {BACKEND_ENV_VAR}=reference to silence this warning.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return reference
+    return ops
 
 def draw_hash_parameters(
     batch_heads: int,
@@ -49,21 +89,22 @@ def hash_codes(
     num_hashes: int,
     hash_code_len: int,
     hashing: Hashing,
-    ops: Backend,
+    impl: ModuleType = reference,
 ) -> torch.Tensor:
-    """``[BH, n, m]`` int32 codes of ``vectors`` with the given hash parameters."""
+    """``[BH, n, m]`` int32 codes of ``vectors`` with the given hash parameters.
+
+    ``impl`` is ``reference`` or ``ops`` (see ``select_ops``).
+    """
+    vectors = vectors.float().contiguous()
+    parameters = parameters.float().contiguous()
     if hashing == "gaussian":
-        return ops.hash_gaussian(vectors, parameters, hash_code_len)
-    return ops.hash_fast(vectors, parameters, num_hashes, hash_code_len)
+        return impl.hash_gaussian(vectors, parameters, hash_code_len)
+    return impl.hash_fast(vectors, parameters, num_hashes, hash_code_len)
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dim; an all-zero row stays 0 (value and gradient), never NaN."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    # Scale by 1/norm, and by 0 where the row is all zeros: one pass over x, and
-    # the zero rows get a zero gradient instead of the huge 1/eps of a clamp.
-    inverse = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-    return x * inverse
+    return RowNormalize.apply(x)
 
 
 def as_bool_mask(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
@@ -134,6 +175,7 @@ def yoso_attention(
     backend: str | None = None,
     generator: torch.Generator | None = None,
     normalize_output: bool = True,
+    exact_gradient: bool = False,
 ) -> torch.Tensor:
     """YOSO attention ``normalize(Y)`` with ``Y_i = sum_j M_j B(q_i, k_j) v_j``.
 
@@ -149,6 +191,9 @@ def yoso_attention(
         backend: ``None``/``"auto"`` (by device), ``"reference"``, ``"cpu"``, ``"cuda"``.
         generator: RNG for the hash parameters (default: torch's global RNG).
         normalize_output: L2-normalise each output row (the paper's default).
+        exact_gradient: with ``expectation=True``, plain autograd of YOSO-E (the true
+            derivative of the collision probability) instead of the paper's surrogate;
+            quadratic memory, meant as a reference for tests and studies.
 
     Returns:
         ``[B, H, n_q, d_v]`` in the query's dtype; padded query rows are 0.
@@ -159,6 +204,8 @@ def yoso_attention(
         raise ValueError(f"num_hashes must be a positive int, got {num_hashes!r}")
     if hashing not in HASHINGS:
         raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
+    if exact_gradient and not expectation:
+        raise ValueError("exact_gradient=True needs expectation=True (sampling has no exact gradient)")
     batch, heads, num_queries, head_dim = query.shape
     num_keys, value_dim = key.shape[2], value.shape[-1]
     key_mask = as_bool_mask(mask, batch, num_keys, query.device)
@@ -172,25 +219,31 @@ def yoso_attention(
     out_dtype = query.dtype
     bh = batch * heads
     with torch.autocast(device_type=query.device.type, enabled=False):
-        q = normalize_rows(query.float()).reshape(bh, num_queries, head_dim)
-        k = normalize_rows(key.float()).reshape(bh, num_keys, head_dim)
-        v = value.float().reshape(bh, num_keys, value_dim)
+        # Contiguous before normalising: the normalised tensors are then saved once, as
+        # views, by both autograd nodes (a strided input would be copied by reshape and
+        # kept twice).
+        q = normalize_rows(query.float().contiguous()).reshape(bh, num_queries, head_dim)
+        k = normalize_rows(key.float().contiguous()).reshape(bh, num_keys, head_dim)
+        v = value.float().contiguous().reshape(bh, num_keys, value_dim)
         qm = query_mask.unsqueeze(1).expand(batch, heads, num_queries).reshape(bh, num_queries)
         km = key_mask.unsqueeze(1).expand(batch, heads, num_keys).reshape(bh, num_keys)
         # Padded keys/values never reach the kernels: a NaN there must not leak in through 0 * NaN.
         k, v = (torch.where(km.unsqueeze(-1), t, 0.0) for t in (k, v))
-        if expectation:
+        if expectation and exact_gradient:
+            y = ExactExpectation.apply(qm, km, q, k, v, hash_code_len)
+        elif expectation:
             y = ExpectationCumulation.apply(qm, km, q, k, v, hash_code_len)
         else:
-            ops = resolve_backend(query.device, backend)
+            impl = select_ops(query.device, backend)
             params = draw_hash_parameters(
                 bh, head_dim, num_hashes, hash_code_len, hashing, query.device, generator
             )
             with torch.no_grad():
-                q_codes = hash_codes(q.detach(), params, num_hashes, hash_code_len, hashing, ops)
-                k_codes = hash_codes(k.detach(), params, num_hashes, hash_code_len, hashing, ops)
+                q_codes = hash_codes(q.detach(), params, num_hashes, hash_code_len, hashing, impl)
+                k_codes = hash_codes(k.detach(), params, num_hashes, hash_code_len, hashing, impl)
             y = LSHCumulation.apply(
-                qm, km, q, k, v, q_codes, k_codes, hash_code_len, lsh_backward, ops
+                qm.contiguous(), km.contiguous(), q, k, v.contiguous(), q_codes, k_codes,
+                hash_code_len, lsh_backward, impl,
             )
         if normalize_output:
             y = normalize_rows(y)

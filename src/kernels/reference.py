@@ -328,3 +328,31 @@ def expectation_weights(query: torch.Tensor, key: torch.Tensor, hash_code_len: i
     """Collision probability ``(1 - arccos(q.k)/pi)**tau`` of unit vectors, ``[BH, nq, nk]``."""
     cosine = torch.bmm(query.float(), key.float().transpose(1, 2)).clamp(-1.0, 1.0)
     return (1.0 - torch.arccos(cosine) / math.pi) ** hash_code_len
+
+
+def lsh_backward(
+    query_mask: torch.Tensor,
+    query_codes: torch.Tensor,
+    query: torch.Tensor,
+    key_mask: torch.Tensor,
+    key_codes: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    grad: torch.Tensor,
+    hash_code_len: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LSH surrogate gradients ``(dQ, dK, dV)`` of ``lsh_cumulation`` (``G`` = ``grad``).
+
+    ``dV_j = mk_j / m sum_h sum_i mq_i [h(q_i)=h(k_j)] G_i`` (a cumulation with the
+    sides swapped) and ``dQ`` / ``dK`` the weighted cumulations times ``tau / 2``,
+    the paper's substitute for the derivative of the collision probability.
+    """
+    half_tau = hash_code_len / 2
+    grad_value = lsh_cumulation(key_mask, key_codes, query_mask, query_codes, grad, hash_code_len)
+    grad_query = lsh_weighted_cumulation(
+        query_mask, query_codes, grad, key_mask, key_codes, value, key, hash_code_len
+    )
+    grad_key = lsh_weighted_cumulation(
+        key_mask, key_codes, value, query_mask, query_codes, grad, query, hash_code_len
+    )
+    return grad_query * half_tau, grad_key * half_tau, grad_value

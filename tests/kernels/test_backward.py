@@ -1,11 +1,14 @@
-"""The paper's surrogate backward: dense formulas, exact dV, and LSH unbiasedness."""
+"""The paper's surrogate backward: dense formulas, exact dV, LSH unbiasedness, and a
+float64 end-to-end check of the sampling path against a hand-built collision matrix."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from src.kernels import yoso_attention
+from src.kernels import reference, yoso_attention
+from src.kernels.interface import draw_hash_parameters, normalize_rows
 
 
 def make_inputs(seed: int, b=1, h=2, n=24, d=8, pad=True):
@@ -57,24 +60,109 @@ def test_expectation_backward_matches_dense_surrogate_formulas():
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_surrogate_dv_is_the_exact_gradient():
-    """Y is linear in V, so the surrogate dV must equal plain autograd of the dense formula."""
+def exact_dense(q, k, v, mask, tau):
+    """Float64 YOSO-E with plain autograd (the true derivative), masks and both normalisations."""
+    qn = q / q.norm(dim=-1, keepdim=True)
+    kn = k / k.norm(dim=-1, keepdim=True)
+    cos = (qn @ kn.transpose(-1, -2)).clamp(-1 + 1e-6, 1 - 1e-6)
+    w = (1 - torch.arccos(cos) / np.pi) ** tau * mask[:, None, None, :]
+    y = (w @ v) * mask[:, None, :, None]
+    norm = y.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, y / norm.clamp_min(1e-300), torch.zeros_like(y))
+
+
+def test_exact_gradient_option_is_the_true_derivative():
     q, k, v, upstream, mask = make_inputs(1)
     tau = 5
 
-    def exact(q, k, v):
-        qn = q / q.norm(dim=-1, keepdim=True)
-        kn = k / k.norm(dim=-1, keepdim=True)
-        cos = (qn @ kn.transpose(-1, -2)).clamp(-1 + 1e-6, 1 - 1e-6)
-        w = (1 - torch.arccos(cos) / np.pi) ** tau * mask[:, None, None, :]
-        return (w @ v) * mask[:, None, :, None]
+    def option(q, k, v):
+        return yoso_attention(q, k, v, mask, expectation=True, hash_code_len=tau, exact_gradient=True)
 
-    def surrogate(q, k, v):
-        return yoso_attention(q, k, v, mask, expectation=True, hash_code_len=tau, normalize_output=False)
+    want = grads_of(lambda *t: exact_dense(*(x.double() for x in t), mask.double(), tau), q, k, v, upstream)
+    for got, w in zip(grads_of(option, q, k, v, upstream), want):
+        torch.testing.assert_close(got, w, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="expectation=True"):
+        yoso_attention(q, k, v, mask, num_hashes=4, exact_gradient=True)
 
-    _, _, dv_exact = grads_of(exact, q, k, v, upstream)
-    _, _, dv_surrogate = grads_of(surrogate, q, k, v, upstream)
-    torch.testing.assert_close(dv_surrogate, dv_exact, rtol=1e-4, atol=1e-5)
+
+def test_surrogate_against_the_true_derivative():
+    """dV is exact (Y is linear in V); dQ, dK replace tau w' by (tau/2) w: same sign per pair,
+    so the surrogate points the same way as the true gradient without equalling it."""
+    q, k, v, upstream, mask = make_inputs(1)
+    tau = 8
+
+    def run(exact):
+        def fn(q, k, v):
+            return yoso_attention(
+                q, k, v, mask, expectation=True, hash_code_len=tau, normalize_output=False,
+                exact_gradient=exact,
+            )
+
+        return grads_of(fn, q, k, v, upstream)
+
+    surrogate, exact = run(False), run(True)
+    torch.testing.assert_close(surrogate[2], exact[2], rtol=1e-4, atol=1e-5)
+    for got, true in zip(surrogate[:2], exact[:2]):
+        cosine = torch.nn.functional.cosine_similarity(got.flatten(), true.flatten(), dim=0)
+        assert cosine > 0.5, cosine
+        assert not torch.allclose(got, true, rtol=0.05)
+
+
+class HandBuiltCumulation(torch.autograd.Function):
+    """Float64 ``Y = (B * M) V`` with the paper's surrogate backward for a given ``B``."""
+
+    @staticmethod
+    def forward(ctx, qn, kn, v, weights, tau):
+        ctx.save_for_backward(qn, kn, v, weights)
+        ctx.tau = tau
+        return weights @ v
+
+    @staticmethod
+    def backward(ctx, grad):
+        qn, kn, v, weights = ctx.saved_tensors
+        scores = weights * (grad @ v.transpose(-1, -2)) * (ctx.tau / 2)
+        return scores @ kn, scores.transpose(-1, -2) @ qn, weights.transpose(-1, -2) @ grad, None, None
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_sampling_end_to_end_float64_against_hand_built_collisions(backend):
+    """yoso_attention (float32) vs float64 autograd through both normalisations and the
+    masks, with B_ij = mq_i mk_j * mean_h [h(q_i) = h(k_j)] built from the very same codes."""
+    b, h, n, d, m, tau = 2, 3, 45, 16, 8, 3
+    q, k, v, upstream, mask = make_inputs(7, b=b, h=h, n=n, d=d)
+    mask[0, :7] = 0  # padding at both ends
+
+    def fn(q, k, v):
+        return yoso_attention(q, k, v, mask, num_hashes=m, hash_code_len=tau, hashing="fast",
+                              backend=backend, generator=torch.Generator().manual_seed(9))
+
+    try:
+        got = grads_of(fn, q, k, v, upstream)
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    out = fn(q.float(), k.float(), v.float()).double()
+
+    # The same draw and the same float32 unit vectors as yoso_attention hashes.
+    seed = torch.Generator().manual_seed(9)
+    params = draw_hash_parameters(b * h, d, m, tau, "fast", torch.device("cpu"), seed)
+    q32 = normalize_rows(q.float()).reshape(b * h, n, d)
+    k32 = normalize_rows(k.float()).reshape(b * h, n, d)
+    qc = reference.hash_fast(q32, params, m, tau).reshape(b, h, n, m)
+    kc = reference.hash_fast(k32, params, m, tau).reshape(b, h, n, m)
+    collide = (qc[:, :, :, None, :] == kc[:, :, None, :, :]).double().mean(-1)
+    weights = collide * mask.double()[:, None, :, None] * mask.double()[:, None, None, :]
+
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    qn, kn = (x / x.norm(dim=-1, keepdim=True) for x in leaves[:2])
+    y = HandBuiltCumulation.apply(qn, kn, leaves[2], weights, tau)
+    norm = y.norm(dim=-1, keepdim=True)
+    want_out = torch.where(norm > 0, y / norm.clamp_min(1e-300), torch.zeros_like(y))
+    (want_out * upstream).sum().backward()
+    torch.testing.assert_close(out, want_out.detach(), rtol=1e-4, atol=1e-5)
+    for name, g, leaf in zip("qkv", got, leaves):
+        scale = leaf.grad.abs().max()
+        assert (g - leaf.grad).abs().max() <= 1e-4 * scale, name
+    assert out[0, :, :7].abs().max() == 0 and got[0][0, :, :7].abs().max() == 0
 
 
 def test_lsh_backward_mean_converges_to_expectation_backward():

@@ -14,11 +14,13 @@
 // Only the headers needed (not <torch/extension.h>): the JIT build of this file
 // takes ~8 s instead of ~20 s.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <string>
+#include <tuple>
 
 #include "yoso_cpu_kernels.h"
 
@@ -157,6 +159,56 @@ at::Tensor lsh_weighted_cumulation(const at::Tensor& query_mask, const at::Tenso
   return out;
 }
 
+// Zero-pads the last dim to a multiple of 16 floats (the widest vector), so that
+// the backward kernel handles whole vectors only; no copy when already aligned.
+at::Tensor pad_last(const at::Tensor& t) {
+  const int64_t width = t.size(-1), padded = (width + 15) / 16 * 16;
+  return padded == width ? t : at::constant_pad_nd(t, {0, padded - width}, 0.0);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_backward(
+    const at::Tensor& query_mask, const at::Tensor& query_codes, const at::Tensor& query,
+    const at::Tensor& key_mask, const at::Tensor& key_codes, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& grad, int64_t tau) {
+  const int64_t m = check_sides(query_mask, query_codes, key_mask, key_codes, value, tau);
+  check_tensor(query, "query", at::kFloat, 3);
+  check_tensor(key, "key", at::kFloat, 3);
+  check_tensor(grad, "grad", at::kFloat, 3);
+  const int64_t bh = query_codes.size(0), nq = query_codes.size(1), nk = key_codes.size(1);
+  const int64_t d = query.size(2), dv = value.size(2);
+  TORCH_CHECK(query.size(0) == bh && query.size(1) == nq, "yoso_cpu: query ", query.sizes(),
+              " does not match query_codes ", query_codes.sizes());
+  TORCH_CHECK(key.size(0) == bh && key.size(1) == nk && key.size(2) == d, "yoso_cpu: key ",
+              key.sizes(), " does not match key_codes ", key_codes.sizes(), " and query ",
+              query.sizes());
+  TORCH_CHECK(grad.size(0) == bh && grad.size(1) == nq && grad.size(2) == dv, "yoso_cpu: grad ",
+              grad.sizes(), " must be [BH, nq, dv] = [", bh, ", ", nq, ", ", dv, "]");
+  const at::Tensor q = pad_last(query), k = pad_last(key), v = pad_last(value), g = pad_last(grad);
+  const int64_t dp = q.size(2), dvp = v.size(2);
+  at::Tensor grad_query = at::zeros({bh, nq, dp}, query.options());
+  at::Tensor grad_key = at::zeros({bh, nk, dp}, query.options());
+  at::Tensor grad_value = at::zeros({bh, nk, dvp}, query.options());
+  yoso_cpu::BackwardArgs args{query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),
+                              q.data_ptr<float>(),          key_mask.data_ptr<bool>(),
+                              key_codes.data_ptr<int32_t>(), k.data_ptr<float>(),
+                              v.data_ptr<float>(),          g.data_ptr<float>(),
+                              grad_query.data_ptr<float>(), grad_key.data_ptr<float>(),
+                              grad_value.data_ptr<float>(), bh, nq, nk, m, dp, dvp, tau,
+                              static_cast<double>(tau) / 2.0};
+  bool ok = true;
+  {
+    pybind11::gil_scoped_release no_gil;
+    ok = yoso_cpu::lsh_backward(args);
+  }
+  TORCH_CHECK(ok, "yoso_cpu: hash codes must lie in [0, 2**hash_code_len)");
+  if (dp != d) {
+    grad_query = grad_query.narrow(2, 0, d).contiguous();
+    grad_key = grad_key.narrow(2, 0, d).contiguous();
+  }
+  if (dvp != dv) grad_value = grad_value.narrow(2, 0, dv).contiguous();
+  return {grad_query, grad_key, grad_value};
+}
+
 bool set_isa(const std::string& name) { return yoso_cpu::set_isa(name.c_str()); }
 
 }  // namespace
@@ -175,6 +227,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("query_codes"), pybind11::arg("query_weight"), pybind11::arg("key_mask"),
         pybind11::arg("key_codes"), pybind11::arg("key_weight"), pybind11::arg("value"),
         pybind11::arg("hash_code_len"));
+  m.def("lsh_backward", &lsh_backward,
+        "Fused LSH backward: (dQ, dK, dV) of the cumulation, surrogate factor tau/2 included",
+        pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("query"),
+        pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("key"),
+        pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"));
   m.def("active_isa", [] { return std::string(yoso_cpu::active_isa()); },
         "Instruction-set variant the kernels use (avx512, avx2 or baseline)");
   m.def("supported_isas", [] { return std::string(yoso_cpu::supported_isas()); },

@@ -53,6 +53,25 @@ struct WeightedScratch {
   float** crows;
 };
 
+// Per-thread scratch of the fused backward (see backward_task in yoso_cpu_isa.inc).
+struct BackwardScratch {
+  int32_t* qcount;
+  int32_t* kcount;
+  int32_t* qidx;
+  int32_t* kidx;
+  int32_t* qcodes_t;
+  int32_t* kcodes_t;
+  float* vt;     // [dv, KC]: V_K^T or G_Q^T of a chunk
+  float* sbuf;   // [QC, KC]: S
+  float* stbuf;  // [KC, QC]: S^T
+  float* t1;     // [dv, d]
+  float* t2;     // [dv, d]
+  float* gsum;   // [dv]
+  const float** arows;
+  const float** brows;
+  float** crows;
+};
+
 // Entry points of one ISA variant; see yoso_cpu_isa.inc for what they do.
 struct IsaKernels {
   const char* name;
@@ -63,6 +82,8 @@ struct IsaKernels {
                      float* table, int64_t cw_max, int64_t group);
   bool (*weighted)(const WeightedArgs&, int64_t b, int64_t h0, int64_t h1, float* out,
                    const WeightedScratch& s);
+  bool (*backward)(const BackwardArgs&, int64_t b, int64_t h0, int64_t h1, float* dq, float* dk,
+                   float* dv, const BackwardScratch& s);
 };
 
 }  // namespace detail
@@ -205,12 +226,30 @@ int64_t max_threads() {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
-// How many hash ranges each batch-head is split into: 1 when the batch-heads
-// alone balance the threads, more (with private partial outputs) otherwise.
+// How many hash ranges each batch-head is split into. Units are (batch-head,
+// hash range); a split > 1 costs a private partial output per extra range, so
+// use the fewest that balance the threads: 1 when the batch-heads already do
+// (a multiple of the threads, or enough of them that the last round is a small
+// fraction), else the smallest s with bh * s a multiple of the threads.
 int64_t hash_splits(int64_t bh, int64_t m, int64_t threads) {
   if (threads <= 1 || bh % threads == 0 || bh >= 4 * threads) return 1;
-  const int64_t want = (4 * threads + bh - 1) / bh;
-  return want < m ? want : m;
+  int64_t s = 2;
+  while ((bh * s) % threads != 0 && s < threads) ++s;
+  return s < m ? s : m;
+}
+
+// Threads worth starting for `units` work units (never more than units).
+int64_t team_size(int64_t units) {
+  const int64_t threads = max_threads();
+  return units < threads ? (units < 1 ? 1 : units) : threads;
+}
+
+// A per-thread buffer kept across calls (grown when needed, never shrunk), so
+// that repeated calls of the same shape allocate nothing.
+template <typename T>
+T* thread_buffer(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
 }
 
 // Runs task(unit, thread) for unit in [0, units) on the OpenMP team, dynamically scheduled.
@@ -300,14 +339,16 @@ bool lsh_cumulation(const CumulationArgs& args) {
   const int64_t splits = detail::hash_splits(args.bh, args.m, threads);
   const int64_t out_size = args.bh * args.nq * args.dv;
   std::vector<float> partial(static_cast<size_t>((splits - 1) * out_size), 0.f);
-  std::vector<float> tables(static_cast<size_t>(threads * table_floats), 0.f);
   const detail::IsaKernels& kernels = isa();
   std::atomic<bool> ok{true};
-  detail::parallel_units(args.bh * splits, threads, [&](int64_t u, int64_t t) {
+  detail::parallel_units(args.bh * splits, detail::team_size(args.bh * splits), [&](int64_t u, int64_t) {
+    // Zero on first use and left zero by every task, so it is kept across calls.
+    thread_local std::vector<float> tables;
+    float* table = detail::thread_buffer(tables, table_floats);
     const int64_t b = u / splits, s = u % splits;
     const int64_t h0 = s * args.m / splits, h1 = (s + 1) * args.m / splits;
     float* out = (s == 0 ? args.out : partial.data() + (s - 1) * out_size) + b * args.nq * args.dv;
-    if (!kernels.cumulation(args, b, h0, h1, out, tables.data() + t * table_floats, cw_max, group)) {
+    if (!kernels.cumulation(args, b, h0, h1, out, table, cw_max, group)) {
       ok.store(false, std::memory_order_relaxed);
     }
   });
@@ -361,6 +402,71 @@ bool lsh_weighted_cumulation(const WeightedArgs& args) {
     }
   });
   detail::reduce_splits(args.out, partial, splits, out_size, threads);
+  return ok.load();
+}
+
+bool lsh_backward(const BackwardArgs& args) {
+  if (args.bh == 0 || args.nq == 0 || args.nk == 0 || args.m == 0) return true;
+  const int64_t threads = detail::max_threads();
+  const int64_t splits = detail::hash_splits(args.bh, args.m, threads);
+  const int64_t units = args.bh * splits;
+  const int64_t team = detail::team_size(units);
+  const int64_t buckets = int64_t{1} << args.tau;
+  constexpr int64_t kc = detail::WEIGHTED_KEY_CHUNK, qc = detail::WEIGHTED_QUERY_CHUNK;
+  const int64_t ints = 2 * buckets + (1 + detail::WEIGHTED_SORT_HASHES) * (args.nq + args.nk);
+  const int64_t floats = args.dv * kc + 2 * qc * kc + 2 * args.dv * args.d + args.dv;
+  int64_t ptrs = kc > args.d ? kc : args.d;
+  ptrs = ptrs > args.dv ? ptrs : args.dv;
+  const int64_t dq_size = args.bh * args.nq * args.d, dk_size = args.bh * args.nk * args.d;
+  const int64_t dv_size = args.bh * args.nk * args.dv;
+  std::vector<float> partial(static_cast<size_t>((splits - 1) * (dq_size + dk_size + dv_size)), 0.f);
+  const detail::IsaKernels& kernels = isa();
+  std::atomic<bool> ok{true};
+  detail::parallel_units(units, team, [&](int64_t u, int64_t) {
+    thread_local std::vector<int32_t> int_buffer;
+    thread_local std::vector<float> float_buffer;
+    thread_local std::vector<const float*> ptr_buffer;
+    int32_t* ip = detail::thread_buffer(int_buffer, ints);
+    float* fp = detail::thread_buffer(float_buffer, floats);
+    const float** pp = detail::thread_buffer(ptr_buffer, 3 * ptrs);
+    detail::BackwardScratch sc{};
+    sc.qcount = ip;
+    sc.kcount = ip + buckets;
+    sc.qidx = ip + 2 * buckets;
+    sc.kidx = sc.qidx + args.nq;
+    sc.qcodes_t = sc.kidx + args.nk;
+    sc.kcodes_t = sc.qcodes_t + detail::WEIGHTED_SORT_HASHES * args.nq;
+    sc.vt = fp;
+    sc.sbuf = sc.vt + args.dv * kc;
+    sc.stbuf = sc.sbuf + qc * kc;
+    sc.t1 = sc.stbuf + qc * kc;
+    sc.t2 = sc.t1 + args.dv * args.d;
+    sc.gsum = sc.t2 + args.dv * args.d;
+    sc.arows = pp;
+    sc.brows = pp + ptrs;
+    sc.crows = const_cast<float**>(pp + 2 * ptrs);
+    const int64_t b = u / splits, s = u % splits;
+    const int64_t h0 = s * args.m / splits, h1 = (s + 1) * args.m / splits;
+    float* base = partial.data() + (s - 1) * (dq_size + dk_size + dv_size);
+    float* dq = (s == 0 ? args.grad_query : base) + b * args.nq * args.d;
+    float* dk = (s == 0 ? args.grad_key : base + dq_size) + b * args.nk * args.d;
+    float* dv = (s == 0 ? args.grad_value : base + dq_size + dk_size) + b * args.nk * args.dv;
+    if (!kernels.backward(args, b, h0, h1, dq, dk, dv, sc)) ok.store(false, std::memory_order_relaxed);
+  });
+  if (splits > 1) {
+    const int64_t total = dq_size + dk_size + dv_size;
+    float* outs[3] = {args.grad_query, args.grad_key, args.grad_value};
+    const int64_t sizes[3] = {dq_size, dk_size, dv_size};
+    int64_t offset = 0;
+    for (int o = 0; o < 3; ++o) {
+      for (int64_t s = 1; s < splits; ++s) {
+        const float* src = partial.data() + (s - 1) * total + offset;
+        float* dst = outs[o];
+        for (int64_t e = 0; e < sizes[o]; ++e) dst[e] += src[e];
+      }
+      offset += sizes[o];
+    }
+  }
   return ok.load();
 }
 

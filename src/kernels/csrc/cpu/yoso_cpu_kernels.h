@@ -46,12 +46,31 @@ struct WeightedArgs {
   int64_t bh, nq, nk, m, w, dv, tau;
 };
 
+// The fused LSH backward (reference.lsh_backward). d and dv must be multiples
+// of 16 (zero-padded by the caller); outputs zero on entry.
+struct BackwardArgs {
+  const bool* query_mask;      // [BH, nq]
+  const int32_t* query_codes;  // [BH, nq, m]
+  const float* query;          // [BH, nq, d] unit queries
+  const bool* key_mask;        // [BH, nk]
+  const int32_t* key_codes;    // [BH, nk, m]
+  const float* key;            // [BH, nk, d] unit keys
+  const float* value;          // [BH, nk, dv]
+  const float* grad;           // [BH, nq, dv] gradient of the cumulation
+  float* grad_query;           // [BH, nq, d]
+  float* grad_key;             // [BH, nk, d]
+  float* grad_value;           // [BH, nk, dv]
+  int64_t bh, nq, nk, m, d, dv, tau;
+  double weight_scale;         // tau / 2: the paper's surrogate factor
+};
+
 void hash_gaussian(const HashGaussianArgs& args);
 void hash_fast(const HashFastArgs& args);
 // The cumulations return false (output unspecified) if a code is outside
 // [0, 2^tau): codes index the hash tables, so they are always range-checked.
 bool lsh_cumulation(const CumulationArgs& args);
 bool lsh_weighted_cumulation(const WeightedArgs& args);
+bool lsh_backward(const BackwardArgs& args);
 
 // Instruction-set variant used by the kernels: "avx512", "avx2" or "baseline".
 // Chosen at first use from the CPU (runtime check) and YOSO_CPU_ISA if set.

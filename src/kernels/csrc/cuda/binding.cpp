@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include <tuple>
+
 #include "yoso_kernels.cuh"
 
 namespace {
@@ -191,6 +193,58 @@ torch::Tensor lsh_weighted_cumulation(torch::Tensor query_mask, torch::Tensor qu
   return out;
 }
 
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> lsh_backward(
+    torch::Tensor query_mask, torch::Tensor query_codes, torch::Tensor query, torch::Tensor key_mask,
+    torch::Tensor key_codes, torch::Tensor key, torch::Tensor value, torch::Tensor grad, int64_t tau) {
+  check_tau(tau);
+  check_tensor(value, "value", at::kFloat, 3, value);
+  check_tensor(query, "query", at::kFloat, 3, value);
+  check_tensor(key, "key", at::kFloat, 3, value);
+  check_tensor(grad, "grad", at::kFloat, 3, value);
+  check_side(query_mask, "query_mask", query_codes, "query_codes", value);
+  check_side(key_mask, "key_mask", key_codes, "key_codes", value);
+  const int64_t bh = value.size(0), nk = value.size(1), dv = value.size(2);
+  const int64_t nq = query_codes.size(1), m = query_codes.size(2), d = query.size(2);
+  check_size(query_codes, "query_codes", 0, bh, "value.shape[0]");
+  check_size(key_codes, "key_codes", 0, bh, "value.shape[0]");
+  check_size(key_codes, "key_codes", 1, nk, "value.shape[1] (number of keys)");
+  check_size(key_codes, "key_codes", 2, m, "query_codes.shape[2] (number of hashes)");
+  check_size(query, "query", 0, bh, "value.shape[0]");
+  check_size(query, "query", 1, nq, "query_codes.shape[1] (number of queries)");
+  check_size(key, "key", 0, bh, "value.shape[0]");
+  check_size(key, "key", 1, nk, "value.shape[1] (number of keys)");
+  check_size(key, "key", 2, d, "query.shape[2] (head dim)");
+  check_size(grad, "grad", 0, bh, "value.shape[0]");
+  check_size(grad, "grad", 1, nq, "query_codes.shape[1] (number of queries)");
+  check_size(grad, "grad", 2, dv, "value.shape[2] (value dim)");
+  TORCH_CHECK(m >= 1, "yoso cuda backend: need at least one hash, got codes of shape ",
+              query_codes.sizes());
+  const c10::cuda::CUDAGuard guard(value.device());
+  query_mask = query_mask.contiguous();
+  query_codes = query_codes.contiguous();
+  key_mask = key_mask.contiguous();
+  key_codes = key_codes.contiguous();
+  query = query.contiguous();
+  key = key.contiguous();
+  value = value.contiguous();
+  grad = grad.contiguous();
+  auto grad_query = torch::empty({bh, nq, d}, value.options());
+  auto grad_key = torch::empty({bh, nk, d}, value.options());
+  auto grad_value = torch::empty({bh, nk, dv}, value.options());
+  const size_t ws_bytes = yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, static_cast<int>(tau));
+  auto workspace = torch::empty({static_cast<int64_t>(ws_bytes / sizeof(int32_t)) + 1},
+                                value.options().dtype(at::kInt));
+  check_launch(yoso_lsh_backward(query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),
+                                 query.data_ptr<float>(), key_mask.data_ptr<bool>(),
+                                 key_codes.data_ptr<int32_t>(), key.data_ptr<float>(),
+                                 value.data_ptr<float>(), grad.data_ptr<float>(),
+                                 grad_query.data_ptr<float>(), grad_key.data_ptr<float>(),
+                                 grad_value.data_ptr<float>(), workspace.data_ptr(), bh, nq, nk, m,
+                                 d, dv, static_cast<int>(tau), current_stream(value)),
+               "lsh_backward");
+  return {grad_query, grad_key, grad_value};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "YOSO attention ops, CUDA kernels (semantics of src/kernels/reference.py)";
   module.def("hash_gaussian", &hash_gaussian, "Random-hyperplane LSH codes [BH, n, m] int32",
@@ -208,4 +262,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("key_mask"), pybind11::arg("key_codes"),
              pybind11::arg("key_weight"), pybind11::arg("value"),
              pybind11::arg("hash_code_len"));
+  module.def("lsh_backward", &lsh_backward,
+             "Sorted LSH backward: (dQ, dK, dV) of the cumulation, tau/2 included",
+             pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("query"),
+             pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("key"),
+             pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"));
 }

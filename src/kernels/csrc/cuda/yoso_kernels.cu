@@ -34,7 +34,7 @@ inline unsigned int grid_for(int64_t work_items, int64_t per_block) {
 
 inline bool tau_ok(int tau) { return tau >= 1 && tau <= kMaxTau; }
 
-inline int64_t clamp64(int64_t value, int64_t lo, int64_t hi) {
+__host__ __device__ inline int64_t clamp64(int64_t value, int64_t lo, int64_t hi) {
   return value < lo ? lo : (value > hi ? hi : value);
 }
 
@@ -306,6 +306,206 @@ cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
   return cudaSuccess;
 }
 
+
+// ---------------------------------------------------------------------------
+// Sorted LSH backward (yoso_lsh_backward). Per (batch-head, hash) -- a "unit" --
+// queries and keys are counting-sorted by code (integer atomics count, a
+// block-wide scan gives bucket starts, a second pass places row indices), then
+// blocks walk buckets. Per bucket with queries Q and keys K:
+//   dV_K += (sum_Q G) / m;
+//   direct: tiles of S = G_Q V_K^T in shared memory, each S tile used for both
+//           dQ_Q += a S K_K and dK_K += a S^T Q_Q;
+//   tables: T1 = V_K^T K_K and T2 = G_Q^T Q_Q ([dv, d] each, shared memory),
+//           dQ_Q += a G_Q T1 and dK_K += a V_K T2, when cheaper and they fit.
+// Float atomics touch only output rows (d or dv per row, bucket and hash),
+// never 2^tau-row tables. Codes outside [0, 2^tau) collide with nothing.
+// ---------------------------------------------------------------------------
+constexpr int kScanThreads = 256;
+constexpr int kBucketThreads = 128;
+constexpr int64_t kBucketBlocksPerUnit = 32;
+constexpr int64_t kTileQ = 16;
+constexpr int64_t kTileK = 32;
+constexpr int64_t kSharedLimitBytes = 48 * 1024;
+
+__global__ void count_codes_kernel(const bool* __restrict__ mask, const int32_t* __restrict__ codes,
+                                   int32_t* __restrict__ count, int64_t bh, int64_t n, int64_t m,
+                                   int64_t h0, int64_t hc, int tau) {
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t total = bh * hc * n;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e % n, unit = e / n, b = unit / hc, j = unit % hc;
+    if (!mask[b * n + i]) continue;
+    const int32_t code = codes[(b * n + i) * m + h0 + j];
+    if (code < 0 || code >= buckets) continue;
+    atomicAdd(&count[unit * buckets + code], 1);
+  }
+}
+
+// start[unit][c] = sum of count[unit][0..c) for c <= buckets; count becomes the
+// same exclusive prefix (the placement cursor).
+__global__ void scan_codes_kernel(int32_t* __restrict__ count, int32_t* __restrict__ start,
+                                  int64_t units, int tau) {
+  extern __shared__ float scan_shared[];
+  int32_t* sums = reinterpret_cast<int32_t*>(scan_shared);
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t chunk = (buckets + blockDim.x - 1) / blockDim.x;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    int32_t* cnt = count + unit * buckets;
+    int32_t* st = start + unit * (buckets + 1);
+    const int64_t c0 = threadIdx.x * chunk;
+    const int64_t c1 = clamp64(c0 + chunk, 0, buckets);
+    int32_t local = 0;
+    for (int64_t c = c0; c < c1; ++c) local += cnt[c];
+    sums[threadIdx.x] = local;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int32_t run = 0;
+      for (unsigned int t = 0; t < blockDim.x; ++t) {
+        const int32_t size = sums[t];
+        sums[t] = run;
+        run += size;
+      }
+      st[buckets] = run;
+    }
+    __syncthreads();
+    int32_t run = sums[threadIdx.x];
+    for (int64_t c = c0; c < c1; ++c) {
+      const int32_t size = cnt[c];
+      st[c] = run;
+      cnt[c] = run;
+      run += size;
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void place_codes_kernel(const bool* __restrict__ mask, const int32_t* __restrict__ codes,
+                                   int32_t* __restrict__ cursor, int32_t* __restrict__ idx, int64_t bh,
+                                   int64_t n, int64_t m, int64_t h0, int64_t hc, int tau) {
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t total = bh * hc * n;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = e % n, unit = e / n, b = unit / hc, j = unit % hc;
+    if (!mask[b * n + i]) continue;
+    const int32_t code = codes[(b * n + i) * m + h0 + j];
+    if (code < 0 || code >= buckets) continue;
+    const int32_t pos = atomicAdd(&cursor[unit * buckets + code], 1);
+    idx[unit * n + pos] = static_cast<int32_t>(i);
+  }
+}
+
+struct BackwardTensors {
+  const float* q;  // [bh, nq, d]
+  const float* k;  // [bh, nk, d]
+  const float* v;  // [bh, nk, dv]
+  const float* g;  // [bh, nq, dv]
+  float* dq;
+  float* dk;
+  float* dv;
+};
+
+__global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restrict__ qstart,
+                                       const int32_t* __restrict__ qidx,
+                                       const int32_t* __restrict__ kstart,
+                                       const int32_t* __restrict__ kidx, int64_t units, int64_t hc,
+                                       int64_t nq, int64_t nk, int64_t d, int64_t dv, int tau,
+                                       float alpha, float beta, bool tables) {
+  extern __shared__ float bucket_shared[];
+  float* s = bucket_shared;          // [kTileQ * kTileK]
+  float* t1 = s + kTileQ * kTileK;   // [dv * d] (tables only)
+  float* t2 = t1 + dv * d;           // [dv * d] (tables only)
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t blk = blockIdx.x; blk < units * kBucketBlocksPerUnit; blk += gridDim.x) {
+    const int64_t unit = blk / kBucketBlocksPerUnit, part = blk % kBucketBlocksPerUnit;
+    const int64_t b = unit / hc;
+    const float* q = x.q + b * nq * d;
+    const float* k = x.k + b * nk * d;
+    const float* v = x.v + b * nk * dv;
+    const float* g = x.g + b * nq * dv;
+    float* dq = x.dq + b * nq * d;
+    float* dk = x.dk + b * nk * d;
+    float* dvo = x.dv + b * nk * dv;
+    for (int64_t c = part; c < buckets; c += kBucketBlocksPerUnit) {
+      const int64_t q0 = qstart[unit * (buckets + 1) + c], q1 = qstart[unit * (buckets + 1) + c + 1];
+      const int64_t k0 = kstart[unit * (buckets + 1) + c], k1 = kstart[unit * (buckets + 1) + c + 1];
+      const int64_t nQ = q1 - q0, nK = k1 - k0;
+      if (nQ == 0 || nK == 0) continue;  // uniform over the block
+      const int32_t* Q = qidx + unit * nq + q0;
+      const int32_t* K = kidx + unit * nk + k0;
+      for (int64_t col = tid; col < dv; col += nt) {
+        float sum = 0.f;
+        for (int64_t a = 0; a < nQ; ++a) sum += g[Q[a] * dv + col];
+        for (int64_t j = 0; j < nK; ++j) atomicAdd(&dvo[K[j] * dv + col], beta * sum);
+      }
+      const double direct_cost = static_cast<double>(nQ) * nK * (dv + 2 * d);
+      const double table_cost = 2.0 * (nQ + nK) * dv * d;
+      if (tables && table_cost < direct_cost) {
+        for (int64_t e = tid; e < dv * d; e += nt) {
+          const int64_t r = e / d, col = e % d;
+          float a1 = 0.f, a2 = 0.f;
+          for (int64_t j = 0; j < nK; ++j) a1 += v[K[j] * dv + r] * k[K[j] * d + col];
+          for (int64_t a = 0; a < nQ; ++a) a2 += g[Q[a] * dv + r] * q[Q[a] * d + col];
+          t1[e] = a1;
+          t2[e] = a2;
+        }
+        __syncthreads();
+        for (int64_t e = tid; e < nQ * d; e += nt) {
+          const int64_t a = e / d, col = e % d;
+          float acc = 0.f;
+          for (int64_t r = 0; r < dv; ++r) acc += g[Q[a] * dv + r] * t1[r * d + col];
+          atomicAdd(&dq[Q[a] * d + col], alpha * acc);
+        }
+        for (int64_t e = tid; e < nK * d; e += nt) {
+          const int64_t j = e / d, col = e % d;
+          float acc = 0.f;
+          for (int64_t r = 0; r < dv; ++r) acc += v[K[j] * dv + r] * t2[r * d + col];
+          atomicAdd(&dk[K[j] * d + col], alpha * acc);
+        }
+        __syncthreads();
+        continue;
+      }
+      for (int64_t a0 = 0; a0 < nQ; a0 += kTileQ) {
+        const int64_t tq = clamp64(nQ - a0, 0, kTileQ);
+        for (int64_t j0 = 0; j0 < nK; j0 += kTileK) {
+          const int64_t tk = clamp64(nK - j0, 0, kTileK);
+          for (int64_t e = tid; e < tq * tk; e += nt) {
+            const int64_t a = e / tk, j = e % tk;
+            const float* gr = g + Q[a0 + a] * dv;
+            const float* vr = v + K[j0 + j] * dv;
+            float dot = 0.f;
+            for (int64_t r = 0; r < dv; ++r) dot += gr[r] * vr[r];
+            s[e] = dot;
+          }
+          __syncthreads();
+          for (int64_t e = tid; e < tq * d; e += nt) {
+            const int64_t a = e / d, col = e % d;
+            float acc = 0.f;
+            for (int64_t j = 0; j < tk; ++j) acc += s[a * tk + j] * k[K[j0 + j] * d + col];
+            atomicAdd(&dq[Q[a0 + a] * d + col], alpha * acc);
+          }
+          for (int64_t e = tid; e < tk * d; e += nt) {
+            const int64_t j = e / d, col = e % d;
+            float acc = 0.f;
+            for (int64_t a = 0; a < tq; ++a) acc += s[a * tk + j] * q[Q[a0 + a] * d + col];
+            atomicAdd(&dk[K[j0 + j] * d + col], alpha * acc);
+          }
+          __syncthreads();
+        }
+      }
+    }
+  }
+}
+
+// Hashes sorted per launch: their index arrays fit YOSO_TABLE_BUDGET_BYTES.
+int64_t backward_hash_chunk(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau) {
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t per_hash = bh * (4 * buckets + 2 + nq + nk) * static_cast<int64_t>(sizeof(int32_t));
+  return clamp64(static_cast<int64_t>(YOSO_TABLE_BUDGET_BYTES) / per_hash, 1, m);
+}
+
 }  // namespace
 
 extern "C" {
@@ -383,6 +583,67 @@ cudaError_t yoso_lsh_weighted_cumulation(const bool* query_mask, const int32_t* 
   return run_cumulation<true>(query_mask, query_codes, query_weight, key_mask, key_codes,
                               key_weight, value, out, workspace, bh, nq, nk, m, w, dv, tau,
                               stream);
+}
+
+size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau) {
+  if (!tau_ok(tau) || bh < 1 || m < 1) return 0;
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t hc = backward_hash_chunk(bh, nq, nk, m, tau);
+  return static_cast<size_t>(hc * bh * (4 * buckets + 2 + nq + nk)) * sizeof(int32_t);
+}
+
+cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes, const float* query,
+                              const bool* key_mask, const int32_t* key_codes, const float* key,
+                              const float* value, const float* grad, float* grad_query,
+                              float* grad_key, float* grad_value, void* workspace, int64_t bh,
+                              int64_t nq, int64_t nk, int64_t m, int64_t d, int64_t dv, int tau,
+                              cudaStream_t stream) {
+  if (!tau_ok(tau) || bh < 0 || nq < 0 || nk < 0 || m < 0 || d < 0 || dv < 0) {
+    return cudaErrorInvalidValue;
+  }
+  cudaError_t err = cudaMemsetAsync(grad_query, 0, sizeof(float) * bh * nq * d, stream);
+  if (err == cudaSuccess) err = cudaMemsetAsync(grad_key, 0, sizeof(float) * bh * nk * d, stream);
+  if (err == cudaSuccess) err = cudaMemsetAsync(grad_value, 0, sizeof(float) * bh * nk * dv, stream);
+  if (err != cudaSuccess || bh == 0 || nq == 0 || nk == 0 || m == 0 || d == 0 || dv == 0) return err;
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t hc_max = backward_hash_chunk(bh, nq, nk, m, tau);
+  int32_t* ints = static_cast<int32_t*>(workspace);
+  int32_t* qcount = ints;
+  int32_t* kcount = qcount + hc_max * bh * buckets;
+  int32_t* qstart = kcount + hc_max * bh * buckets;
+  int32_t* kstart = qstart + hc_max * bh * (buckets + 1);
+  int32_t* qidx = kstart + hc_max * bh * (buckets + 1);
+  int32_t* kidx = qidx + hc_max * bh * nq;
+  const BackwardTensors x{query, key, value, grad, grad_query, grad_key, grad_value};
+  const float alpha = static_cast<float>(tau) / 2.0f / static_cast<float>(m);
+  const float beta = 1.0f / static_cast<float>(m);
+  const int64_t table_bytes = (kTileQ * kTileK + 2 * dv * d) * static_cast<int64_t>(sizeof(float));
+  const bool tables = table_bytes <= kSharedLimitBytes;
+  const size_t bucket_smem = static_cast<size_t>(tables ? table_bytes : kTileQ * kTileK * sizeof(float));
+  for (int64_t h0 = 0; h0 < m; h0 += hc_max) {
+    const int64_t hc = clamp64(m - h0, 1, hc_max);
+    const int64_t units = bh * hc;
+    err = cudaMemsetAsync(qcount, 0, sizeof(int32_t) * 2 * hc_max * bh * buckets, stream);
+    if (err != cudaSuccess) return err;
+    count_codes_kernel<<<grid_for(units * nq, kThreads), kThreads, 0, stream>>>(
+        query_mask, query_codes, qcount, bh, nq, m, h0, hc, tau);
+    count_codes_kernel<<<grid_for(units * nk, kThreads), kThreads, 0, stream>>>(
+        key_mask, key_codes, kcount, bh, nk, m, h0, hc, tau);
+    scan_codes_kernel<<<grid_for(units, 1), kScanThreads, kScanThreads * sizeof(int32_t), stream>>>(
+        qcount, qstart, units, tau);
+    scan_codes_kernel<<<grid_for(units, 1), kScanThreads, kScanThreads * sizeof(int32_t), stream>>>(
+        kcount, kstart, units, tau);
+    place_codes_kernel<<<grid_for(units * nq, kThreads), kThreads, 0, stream>>>(
+        query_mask, query_codes, qcount, qidx, bh, nq, m, h0, hc, tau);
+    place_codes_kernel<<<grid_for(units * nk, kThreads), kThreads, 0, stream>>>(
+        key_mask, key_codes, kcount, kidx, bh, nk, m, h0, hc, tau);
+    bucket_backward_kernel<<<grid_for(units * kBucketBlocksPerUnit, 1), kBucketThreads, bucket_smem,
+                             stream>>>(x, qstart, qidx, kstart, kidx, units, hc, nq, nk, d, dv, tau,
+                                       alpha, beta, tables);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // extern "C"

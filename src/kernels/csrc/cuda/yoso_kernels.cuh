@@ -74,6 +74,24 @@ cudaError_t yoso_lsh_weighted_cumulation(const bool* query_mask, const int32_t* 
                                          int64_t bh, int64_t nq, int64_t nk, int64_t m,
                                          int64_t w, int64_t dv, int tau, cudaStream_t stream);
 
+// Bytes of device workspace yoso_lsh_backward needs (sort indices; at most
+// about YOSO_TABLE_BUDGET_BYTES, hashes are processed in chunks).
+size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau);
+
+// The LSH surrogate gradients of yoso_lsh_cumulation (reference.lsh_backward):
+//   grad_value[b, j] = mk / m * sum_h sum_i mq [qc == kc] grad[b, i]
+//   grad_query[b, i] = (tau / 2) mq / m * sum_h sum_j mk [qc == kc] (grad_i . v_j) key[b, j]
+//   grad_key[b, j]   = (tau / 2) mk / m * sum_h sum_i mq [qc == kc] (grad_i . v_j) query[b, i]
+// query/key f32 [bh, n, d]; value f32 [bh, nk, dv]; grad f32 [bh, nq, dv]; outputs
+// fully written. Queries and keys are counting-sorted by code per (head, hash);
+// float atomics touch output rows only (no 2^tau-row tables).
+cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes, const float* query,
+                              const bool* key_mask, const int32_t* key_codes, const float* key,
+                              const float* value, const float* grad, float* grad_query,
+                              float* grad_key, float* grad_value, void* workspace, int64_t bh,
+                              int64_t nq, int64_t nk, int64_t m, int64_t d, int64_t dv, int tau,
+                              cudaStream_t stream);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

@@ -1,0 +1,121 @@
+"""The compiled YOSO ops as ``torch.library`` custom ops (``torch.ops.yoso.*``).
+
+Why custom ops: a pybind function is opaque to ``torch.compile``; a custom op
+with a fake (meta) implementation is traced as one node. Each op has one
+kernel per device type (``cpu``: the C++ extension, ``cuda``: the CUDA one),
+registered with ``register_kernel`` so that torch's dispatcher, not our code,
+picks it from the inputs' device. The extension is built on the first call
+(``build.extension``). The ops take what the extensions take: float32 data,
+bool masks, int32 codes, contiguous; ``interface.py`` prepares and validates.
+The function names and signatures are those of ``reference.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from src.kernels import build
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _no_kernel(tensor: Tensor) -> RuntimeError:
+    return RuntimeError(f"no compiled YOSO kernel for {tensor.device.type} tensors (only cpu, cuda)")
+
+
+@torch.library.custom_op("yoso::hash_gaussian", mutates_args=())
+def hash_gaussian(x: Tensor, projection: Tensor, hash_code_len: int) -> Tensor:
+    """Random-hyperplane LSH codes ``[BH, n, m]`` (``reference.hash_gaussian``)."""
+    raise _no_kernel(x)
+
+
+@hash_gaussian.register_fake
+def _(x: Tensor, projection: Tensor, hash_code_len: int) -> Tensor:
+    return x.new_empty((x.shape[0], x.shape[1], projection.shape[-1] // hash_code_len), dtype=torch.int32)
+
+
+@torch.library.custom_op("yoso::hash_fast", mutates_args=())
+def hash_fast(x: Tensor, signs: Tensor, num_hashes: int, hash_code_len: int) -> Tensor:
+    """Hadamard (fast) LSH codes ``[BH, n, m]`` (``reference.hash_fast``)."""
+    raise _no_kernel(x)
+
+
+@hash_fast.register_fake
+def _(x: Tensor, signs: Tensor, num_hashes: int, hash_code_len: int) -> Tensor:
+    return x.new_empty((x.shape[0], x.shape[1], num_hashes), dtype=torch.int32)
+
+
+@torch.library.custom_op("yoso::lsh_cumulation", mutates_args=())
+def lsh_cumulation(
+    query_mask: Tensor,
+    query_codes: Tensor,
+    key_mask: Tensor,
+    key_codes: Tensor,
+    value: Tensor,
+    hash_code_len: int,
+) -> Tensor:
+    """Hash-table cumulation ``[BH, nq, dv]`` (``reference.lsh_cumulation``)."""
+    raise _no_kernel(value)
+
+
+@lsh_cumulation.register_fake
+def _(query_mask, query_codes, key_mask, key_codes, value, hash_code_len):
+    return value.new_empty((value.shape[0], query_codes.shape[1], value.shape[2]))
+
+
+@torch.library.custom_op("yoso::lsh_weighted_cumulation", mutates_args=())
+def lsh_weighted_cumulation(
+    query_mask: Tensor,
+    query_codes: Tensor,
+    query_weight: Tensor,
+    key_mask: Tensor,
+    key_codes: Tensor,
+    key_weight: Tensor,
+    value: Tensor,
+    hash_code_len: int,
+) -> Tensor:
+    """Weighted cumulation ``[BH, nq, dv]`` (``reference.lsh_weighted_cumulation``)."""
+    raise _no_kernel(value)
+
+
+@lsh_weighted_cumulation.register_fake
+def _(query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, hash_code_len):
+    return value.new_empty((value.shape[0], query_codes.shape[1], value.shape[2]))
+
+
+@torch.library.custom_op("yoso::lsh_backward", mutates_args=())
+def lsh_backward(
+    query_mask: Tensor,
+    query_codes: Tensor,
+    query: Tensor,
+    key_mask: Tensor,
+    key_codes: Tensor,
+    key: Tensor,
+    value: Tensor,
+    grad: Tensor,
+    hash_code_len: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Surrogate ``(dQ, dK, dV)`` of the cumulation in one pass (``reference.lsh_backward``)."""
+    raise _no_kernel(value)
+
+
+@lsh_backward.register_fake
+def _(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, hash_code_len):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _kernel(device_type: str, name: str) -> Callable:
+    def run(*args):
+        return getattr(build.extension(device_type), name)(*args)
+
+    run.__name__ = f"{name}_{device_type}"
+    return run
+
+
+for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, lsh_backward):
+    _name = _op._name.split("::")[-1]
+    for _device in DEVICE_TYPES:
+        _op.register_kernel(_device, _kernel(_device, _name))
