@@ -39,7 +39,8 @@ class RandomTokens(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[index], "attention_mask": self.mask[index], "labels": self.labels[index]}
+        return {"input_ids": self.ids[index], "attention_mask": self.mask[index],
+                "labels": self.labels[index]}
 
 
 class TinyClassifier(L.LightningModule):
@@ -82,7 +83,8 @@ def fit(tmp_path: Path, callbacks: list, attention: str = "yoso", max_steps: int
     )
     train = DataLoader(RandomTokens(24, seed=1), batch_size=8, shuffle=True)  # 3 batches: epochs reshuffle
     trainer.fit(model, train, DataLoader(RandomTokens(8, seed=2), batch_size=8))
-    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    everything = {"images": 0, "histograms": 0, "scalars": 0}
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance=everything)
     return events.Reload()
 
 
@@ -112,7 +114,8 @@ def test_softmax_model_is_a_noop_with_one_message(tmp_path, caplog):
     messages = [r for r in caplog.records if r.name == "src.callbacks.approximation"]
     assert len(messages) == 1 and "no sampled YOSO" in messages[0].getMessage()
     tags = events.Tags()
-    assert not [t for kind in ("scalars", "images", "histograms") for t in tags[kind] if t.startswith("approx/")]
+    kinds = ("scalars", "images", "histograms")
+    assert not [tag for kind in kinds for tag in tags[kind] if tag.startswith("approx/")]
 
 
 def test_more_hashes_track_the_expectation_better():
@@ -145,3 +148,13 @@ def test_training_is_untouched(tmp_path):
 def test_rejects_non_positive_sizes(name):
     with pytest.raises(ValueError, match=name):
         ApproximationMonitor(**{name: 0})
+
+
+def test_config_adds_the_callback_through_lightning_cli():
+    from lightning.pytorch.cli import LightningCLI
+
+    config = Path(__file__).parents[2] / "configs" / "callbacks" / "approximation.yaml"
+    cli = LightningCLI(TinyClassifier, run=False, save_config_callback=None,
+                       args=["--config", str(config), "--trainer.logger=false"])
+    monitors = [c for c in cli.trainer.callbacks if isinstance(c, ApproximationMonitor)]
+    assert len(monitors) == 1 and monitors[0].every_n_steps == 200 and monitors[0].crop == 128
