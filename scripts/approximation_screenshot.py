@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.approximation_overhead import QuickstartSized, token_batches  # noqa: E402
 from src.callbacks.approximation import ApproximationMonitor  # noqa: E402
 
-PAGES = {
-    "approximation_view.png": "#images&tagFilter=approx",
-    "approximation_scalars.png": "#scalars&tagFilter=approx&_smoothingWeight=0",
+PAGES = {  # no tag filter: a filter adds a second, duplicate "matching" section
+    "approximation_view.png": "#images",
+    "approximation_scalars.png": "#scalars&_smoothingWeight=0",
+    "approximation_histograms.png": "#histograms",
 }
 
 

@@ -15,9 +15,10 @@ compares, on exactly those inputs, the sampled cumulation with its expectation:
   no real key in any hash (their sampled output is 0);
 - ``approx/layer<i>/colliding_keys``: real keys sharing a real query's bucket,
   averaged over queries and hashes;
-- image ``approx/layer<i>/expectation_vs_sampled``: for example 0, head 0, the
-  first ``crop`` tokens of ``(1 - arccos(q.k)/pi)^tau`` (left) beside the
-  hash-averaged collision indicator (right), one colour scale, padding grey;
+- image ``approx/layer<i>/expectation_vs_sampled``: for the example with the
+  most real tokens, head 0, its first ``crop`` real tokens:
+  ``(1 - arccos(q.k)/pi)^tau`` (left) beside the hash-averaged collision
+  indicator of the same hashes (right), one colour scale;
 - histogram ``approx/layer<i>/qk_angle``: angles (degrees) of the real q-k pairs
   within the crop, all examples and heads.
 
@@ -69,7 +70,7 @@ class ApproximationStats:
     empty_rows: float
     colliding_keys: float
     angles: np.ndarray  # degrees, real q-k pairs of the crop
-    expectation: torch.Tensor  # [c, c] collision probabilities, example 0, head 0
+    expectation: torch.Tensor  # [c, c] collision probabilities, longest example, head 0
     frequency: torch.Tensor  # [c, c] hash-averaged collision indicator, same hashes as rel_err
     valid: torch.Tensor  # [c, c] bool, both tokens real
 
@@ -102,6 +103,9 @@ def measure_approximation(
     ops = resolve_backend(device, backend)
     mask = as_bool_mask(mask, batch, length, device)
     c = min(crop, length)
+    # The image shows the example with the most real tokens, its first `crop` real tokens.
+    shown = int(mask.sum(1).argmax())
+    shown_tokens = mask[shown].nonzero().flatten()[:crop]
     sums = dict.fromkeys(("err", "ref", "grad_err", "grad_ref", "empty", "real", "colliding"), 0.0)
     angles: list[torch.Tensor] = []
     image: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -137,12 +141,16 @@ def measure_approximation(
             pairs = real[:, :c, None] & real[:, None, :c]  # [H, c, c]
             cosine = torch.bmm(q_c, k_c.transpose(1, 2)).clamp(-1.0, 1.0)
             angles.append(torch.rad2deg(torch.arccos(cosine))[pairs].cpu())
-            if image is None:
-                expectation = expectation_weights(q_c[:1], k_c[:1], hash_code_len)[0]
-                frequency = (q_codes[0, :c, None, :] == k_codes[0, None, :c, :]).float().mean(-1)
-                valid = pairs[0]
-                image = (expectation * valid, frequency * valid, valid)
-    assert image is not None, "measure_approximation needs at least one example"
+            if b == shown and shown_tokens.numel():
+                q_s, k_s = q[:1, shown_tokens].detach(), k[:1, shown_tokens].detach()
+                expectation = expectation_weights(q_s, k_s, hash_code_len)[0]
+                codes_q, codes_k = q_codes[0, shown_tokens], k_codes[0, shown_tokens]
+                frequency = (codes_q[:, None, :] == codes_k[None, :, :]).float().mean(-1)
+                valid = torch.ones_like(expectation, dtype=torch.bool)
+                image = (expectation, frequency, valid)
+    if image is None:  # no real token at all: an empty picture rather than an error
+        empty = torch.zeros(1, 1, device=device)
+        image = (empty, empty, torch.zeros(1, 1, dtype=torch.bool, device=device))
     return ApproximationStats(
         rel_err=_ratio(sums["err"], sums["ref"]),
         grad_rel_err=_ratio(sums["grad_err"], sums["grad_ref"]),
