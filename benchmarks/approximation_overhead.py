@@ -150,6 +150,10 @@ def write_report(
         f"{100 * per_measurement / (args.every * step_seconds):.1f} % of training time |",
         f"| same final loss with and without | {'yes' if losses == {True} else 'NO'} |",
         "",
+        "Reading: wall and CPU differences between the two runs follow the machine's load, which "
+        "changes between runs on a shared machine (starved OpenMP threads also spin, inflating CPU "
+        "time); the time inside the callback, measured within the monitored run, is the figure to read.",
+        "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
