@@ -49,8 +49,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from torch import nn
 
 from src.kernels.autograd import ExpectationCumulation, LSHCumulation
-from src.kernels.backends import resolve_backend
-from src.kernels.interface import as_bool_mask, draw_hash_parameters, hash_codes, normalize_rows
+from src.kernels.interface import as_bool_mask, draw_hash_parameters, hash_codes, normalize_rows, select_ops
 from src.kernels.reference import expectation_weights
 from src.models.components.attention import YOSOAttention
 from src.models.components.encoder import TransformerEncoder
@@ -100,7 +99,7 @@ def measure_approximation(
     if key.shape[2] != length:
         raise ValueError("measure_approximation expects self-attention (queries and keys of one length)")
     device = query.device
-    ops = resolve_backend(device, backend)
+    ops = select_ops(device, backend)
     mask = as_bool_mask(mask, batch, length, device)
     c = min(crop, length)
     # The image shows the example with the most real tokens, its first `crop` real tokens.
@@ -111,7 +110,8 @@ def measure_approximation(
     image: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     for b in range(batch):
         real = mask[b].expand(heads, length).contiguous()  # [H, n] query mask = key mask
-        inputs = [t[b].detach().float().clone().requires_grad_() for t in (query, key, value)]
+        inputs = [t[b].detach().float().clone(memory_format=torch.contiguous_format).requires_grad_()
+                  for t in (query, key, value)]
         params = draw_hash_parameters(heads, head_dim, num_hashes, hash_code_len, hashing, device, generator)
         with torch.enable_grad():
             q, k = normalize_rows(inputs[0]), normalize_rows(inputs[1])

@@ -158,3 +158,22 @@ def test_config_adds_the_callback_through_lightning_cli():
                        args=["--config", str(config), "--trainer.logger=false"])
     monitors = [c for c in cli.trainer.callbacks if isinstance(c, ApproximationMonitor)]
     assert len(monitors) == 1 and monitors[0].every_n_steps == 200 and monitors[0].crop == 128
+
+
+@pytest.mark.slow
+def test_composed_config_logs_the_view_through_train_py(tmp_path):
+    """The real path: train.py + configs/callbacks/approximation.yaml on the quickstart's encoder
+    (whose q, k, v are strided views of the projections)."""
+    from tests.test_train import ROOT, run_train, tiny_overrides
+
+    overlay = (ROOT / "configs" / "callbacks" / "approximation.yaml").read_text()
+    assert "every_n_steps: 200" in overlay
+    (tmp_path / "approx.yaml").write_text(overlay.replace("every_n_steps: 200", "every_n_steps: 2"))
+    done = run_train("--config", "configs/quickstart.yaml", "--config", str(tmp_path / "approx.yaml"),
+                     *tiny_overrides(tmp_path), "--run_test=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next((tmp_path / "logs").rglob("version_0"))
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("approx/layer1/rel_err")] == [2, 4, 6]
+    assert "approx/layer0/expectation_vs_sampled" in events.Tags()["images"]
