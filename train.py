@@ -39,6 +39,12 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (
     ("pad_id", f"{ENCODER}.padding_id"),
     ("num_classes", "model.init_args.num_classes"),
     ("pooling", "model.init_args.pooling"),
+    ("task", "model.init_args.task"),  # GLUE: the task named once, in the data
+)
+PARSE_LINKS: tuple[tuple[str, str], ...] = (
+    # (source, target) copied when the config is parsed; skipped where the data class lacks the target.
+    # GLUE: the pre-trained checkpoint is named once (model.init_from) and its tokenizer reaches the data.
+    ("model.init_args.init_from", "data.init_args.tokenizer_from"),
 )
 
 
@@ -69,6 +75,8 @@ class TrainCLI(LightningCLI):
         for attribute, target in DATA_LINKS:
             parser.link_arguments("data", target, compute_fn=_data_attribute(attribute),
                                   apply_on="instantiate")
+        for source, target in PARSE_LINKS:
+            parser.link_arguments(source, target)
 
     def before_instantiate_classes(self) -> None:
         """Fill the checkpoint's monitor from the model class, name the log folder by attention,
