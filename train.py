@@ -170,7 +170,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     checkpoint = cli.trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None else ""
     results = cli.trainer.test(datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
-    metrics = results[0] if results else {}
+    metrics = {k: v for result in results for k, v in result.items()}  # several dev sets: MNLI m/mm
     if writes_predictions(cli.model):
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     if cli.trainer.is_global_zero:
