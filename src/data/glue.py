@@ -30,7 +30,7 @@ Column = str | int
 
 @dataclass(frozen=True)
 class Split:
-    """One file of a task: the stage suffix it feeds ('' or '_mm') and where its columns are."""
+    """One file of a task and where its columns are."""
 
     file: str
     texts: tuple[Column, ...]
@@ -42,7 +42,8 @@ class Split:
 
 @dataclass(frozen=True)
 class GlueTask:
-    """A task: its folder, label strings (``None``: regression), metrics and files."""
+    """A task: its name (= its folder in glue_data), label strings (``None``: regression), metrics, and
+    its files; ``dev`` and ``test`` map a stage suffix (``''``, MNLI also ``'_mm'``) to a file."""
 
     name: str
     labels: tuple[str, ...] | None
@@ -50,11 +51,6 @@ class GlueTask:
     train: Split
     dev: dict[str, Split]
     test: dict[str, Split]
-    folder: str = ""
-
-    @property
-    def directory(self) -> str:
-        return self.folder or self.name
 
     @property
     def num_outputs(self) -> int:

@@ -107,7 +107,7 @@ class GlueDataModule(TokenDataModule):
         return self.spec.num_outputs
 
     def task_dir(self) -> Path:
-        return self.data_dir / self.spec.directory
+        return self.data_dir / self.spec.name
 
     def source_files(self) -> list[Path]:
         paths = [self.task_dir() / name for name in self.spec.files()]
