@@ -54,6 +54,12 @@ DATA_LINKS: tuple[tuple[str, str], ...] = (
     ("pad_id", f"{ENCODER}.padding_id"),
     ("num_classes", "model.init_args.num_classes"),
     ("pooling", "model.init_args.pooling"),
+    ("task", "model.init_args.task"),  # GLUE: the task named once, in the data
+)
+PARSE_LINKS: tuple[tuple[str, str], ...] = (
+    # (source, target) copied when the config is parsed; skipped where the data class lacks the target.
+    # GLUE: the pre-trained checkpoint is named once (model.init_from) and its tokenizer reaches the data.
+    ("model.init_args.init_from", "data.init_args.tokenizer_from"),
 )
 
 
@@ -99,6 +105,8 @@ class TrainCLI(LightningCLI):
         for attribute, target in DATA_LINKS:
             parser.link_arguments("data", target, compute_fn=_data_attribute(attribute),
                                   apply_on="instantiate")
+        for source, target in PARSE_LINKS:
+            parser.link_arguments(source, target)
 
     def before_instantiate_classes(self) -> None:
         """Fill the checkpoint's monitor from the model class, name the log folder by attention,
@@ -234,7 +242,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     source = (f"best checkpoint {Path(best).name}" if best
               else "final weights: no validation ran, so there is no best checkpoint")
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
-    metrics = results[0] if results else {}
+    metrics = {k: v for result in results for k, v in result.items()}  # several dev sets: MNLI m/mm
     if writes_predictions(cli.model):
         trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0

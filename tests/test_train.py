@@ -18,8 +18,9 @@ from src.models.lra_module import SequenceClassifier
 from train import TrainCLI, attention_label, expand_extends
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_CONFIGS = sorted(
+TASK_CONFIGS = sorted(  # a leading underscore marks a shared base (configs/glue/_base.yaml), not a task
     p for sub in ("lra", "mlm", "glue") for p in (ROOT / "configs" / sub).glob("*.yaml")
+    if not p.name.startswith("_")
 ) + [ROOT / "configs" / "quickstart.yaml"]
 ATTENTION_CONFIGS = sorted((ROOT / "configs" / "attention").glob("*.yaml"))
 TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))

@@ -101,8 +101,11 @@ class TaskModule(pl.LightningModule):
         loss_metric(loss, weight=float(target.shape[0]) if target.dim() else 1.0)
         metrics(preds, target)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss_metric, on_step=on_step, on_epoch=not on_step, prog_bar=True)
-        self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        # Stages name their keys (e.g. GLUE's val / val_mm for MNLI's two dev sets), so Lightning's
+        # "/dataloader_idx_N" suffix for several dataloaders is not wanted.
+        self.log(f"{stage}/loss", loss_metric, on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 add_dataloader_idx=False)
+        self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, prog_bar=True, add_dataloader_idx=False)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
