@@ -1,4 +1,8 @@
-"""Check a checkpoint before resuming from it: readable, a training checkpoint, and the model's shape."""
+"""Checkpoints we read: safely (``weights_only``), and checked against the model they are for.
+
+``check_resume_checkpoint`` guards ``--ckpt_path``; ``read_state_dict`` and
+``state_mismatches`` also serve ``init_from`` (``src.models.base_module``).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,11 @@ import torch
 from torch import nn
 
 
-def check_resume_checkpoint(path: str | Path, model: nn.Module) -> None:
-    """Raise ``ValueError`` naming the problem if ``path`` cannot resume ``model``.
+def read_state_dict(path: str | Path) -> tuple[dict, dict]:
+    """``(checkpoint, state_dict)`` of a Lightning checkpoint, loaded with ``weights_only=True``.
 
-    Loaded with ``weights_only=True`` (no code runs). A file that is not a
-    checkpoint, a checkpoint without training state, or one whose tensors do
-    not match the model (missing, unexpected or differently shaped keys, named)
-    is refused before any training starts.
+    A file that is not a checkpoint (text, truncated, a pickle with code) or one
+    without a ``state_dict`` is a ``ValueError`` naming the file.
     """
     path = Path(path)
     try:
@@ -25,14 +27,12 @@ def check_resume_checkpoint(path: str | Path, model: nn.Module) -> None:
             "pass a .ckpt file written by this project's train.py (e.g. checkpoints/last.ckpt)"
         ) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} has no 'state_dict': not a Lightning checkpoint")
-    missing_state = [k for k in ("optimizer_states", "loops", "global_step") if k not in checkpoint]
-    if missing_state:
-        raise ValueError(
-            f"{path} holds weights but no training state ({', '.join(missing_state)} missing), so a run "
-            "cannot resume from it; start a new run from its weights with model.init_from instead"
-        )
-    state, own = checkpoint["state_dict"], model.state_dict()
+        raise ValueError(f"{path} has no 'state_dict': not a Lightning checkpoint of this project")
+    return checkpoint, checkpoint["state_dict"]
+
+
+def state_mismatches(own: dict, state: dict) -> list[str]:
+    """Missing, unexpected and differently shaped keys of ``state`` against ``own``, named."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -44,6 +44,25 @@ def check_resume_checkpoint(path: str | Path, model: nn.Module) -> None:
         problems.append(f"not in this model: {_first(unexpected)}")
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched[:8]))
+    return problems
+
+
+def check_resume_checkpoint(path: str | Path, model: nn.Module) -> None:
+    """Raise ``ValueError`` naming the problem if ``path`` cannot resume ``model``.
+
+    Loaded with ``weights_only=True`` (no code runs). A file that is not a
+    checkpoint, a checkpoint without training state, or one whose tensors do
+    not match the model (missing, unexpected or differently shaped keys, named)
+    is refused before any training starts.
+    """
+    checkpoint, state = read_state_dict(path)
+    missing_state = [k for k in ("optimizer_states", "loops", "global_step") if k not in checkpoint]
+    if missing_state:
+        raise ValueError(
+            f"{path} holds weights but no training state ({', '.join(missing_state)} missing), so a run "
+            "cannot resume from it; start a new run from its weights with model.init_from instead"
+        )
+    problems = state_mismatches(model.state_dict(), state)
     if problems:
         raise ValueError(
             f"{path} was saved by a model of another shape ({' | '.join(problems)}); resume with the "

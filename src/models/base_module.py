@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
+from src.checkpoints import read_state_dict, state_mismatches
 from src.models.components.encoder import TransformerEncoder
 from src.models.schedules import warmup_then_decay
 
@@ -174,39 +175,15 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path) -> Non
     differently shaped key is an error that names it, never a partial load.
     """
     path = Path(checkpoint_path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated file, a non-checkpoint, a pickle with code
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise ValueError(f"{path} has no 'state_dict'; expected a Lightning checkpoint of this project")
+    _, state = read_state_dict(path)
     prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path} holds no 'encoder.*' weights (keys start with: {sorted(state)[:5]})")
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(weights))
-        if weights[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing in checkpoint: {_first(missing)}")
-    if unexpected:
-        problems.append(f"not in this model: {_first(unexpected)}")
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched[:8]))
+    problems = state_mismatches(encoder.state_dict(), weights)
     if problems:
         raise ValueError(
             f"the encoder in {path} does not fit this model ({' | '.join(problems)}); "
             "build the encoder with the same dim/depth/heads/vocabulary as the run that saved it"
         )
     encoder.load_state_dict(weights)
-
-
-def _first(names: list[str], count: int = 8) -> str:
-    return ", ".join(names[:count]) + (" ..." if len(names) > count else "")

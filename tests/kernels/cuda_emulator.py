@@ -145,14 +145,6 @@ void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F kernel) {
   }
 }
 #else
-inline thread_local dim3 thread_idx, block_idx;
-inline dim3 block_dim, grid_dim;
-inline thread_local std::barrier<>* block_barrier = nullptr;
-inline thread_local float* shared_mem = nullptr;
-inline cudaError_t last_error = cudaSuccess;
-inline size_t smem_limit = 48 * 1024;
-}  // namespace emu
-namespace emu {
 // Runs every block; threads of a block run one after the other unless the
 // kernel synchronises, in which case they are real threads sharing a barrier.
 template <bool kSync, class F>
