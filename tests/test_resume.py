@@ -46,7 +46,7 @@ def signal_at(step: int, name: str) -> str:
 
 
 def run_dir(root: Path, version: int) -> Path:
-    return root / "quickstart" / "yoso_16" / f"version_{version}"
+    return root / "quickstart" / "yoso_32" / f"version_{version}"
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:

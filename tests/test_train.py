@@ -111,7 +111,7 @@ def test_quickstart_runs_checkpoints_logs_tests_and_rebuilds(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "listops" / "basic_train.tsv").exists()
 
-    run_dirs = list((tmp_path / "logs" / "quickstart" / "yoso_16").glob("version_*"))
+    run_dirs = list((tmp_path / "logs" / "quickstart" / "yoso_32").glob("version_*"))
     assert len(run_dirs) == 1, list((tmp_path / "logs").rglob("*"))
     run_dir = run_dirs[0]
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
@@ -133,7 +133,7 @@ def test_quickstart_runs_checkpoints_logs_tests_and_rebuilds(tmp_path):
     # the checkpoint alone rebuilds the model: same class, attention, tau, weights
     model = SequenceClassifier.load_from_checkpoint(best[0], weights_only=True)
     attention = model.encoder.layers[0].attention.attention
-    assert (attention.num_hashes, attention.hash_code_len) == (16, 8)
+    assert (attention.num_hashes, attention.hash_code_len) == (32, 8)
     state = torch.load(best[0], weights_only=True)["state_dict"]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
