@@ -72,3 +72,17 @@ def test_document_split_is_stable_and_near_the_fractions():
     assert splits == [document_split(t, 0.05, 0.05) for t in texts]
     # binomial: 20000 * 0.05 = 1000 expected, sd ~31; 6 sd tolerance
     assert abs(splits.count("val") - 1000) < 190 and abs(splits.count("test") - 1000) < 190
+
+
+def test_hf_dataset_saved_to_disk_is_read_as_documents(tmp_path):
+    """Runs where the optional `datasets` package is installed (it is not a requirement)."""
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": ["first document", "  ", "second document"], "label": [0, 1, 0]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "single"))
+    assert list(iter_documents(str(tmp_path / "single"))) == ["first document", "second document"]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                                   "validation": datasets.Dataset.from_dict({"text": ["held out"]})})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert list(iter_documents(str(tmp_path / "dict"), hf_split="validation")) == ["held out"]
+    with pytest.raises(KeyError, match="not 'body'"):
+        list(iter_documents(str(tmp_path / "single"), text_column="body"))
