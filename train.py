@@ -242,7 +242,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     source = (f"best checkpoint {Path(best).name}" if best
               else "final weights: no validation ran, so there is no best checkpoint")
     results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
-    metrics = {k: v for result in results for k, v in result.items()}  # several dev sets: MNLI m/mm
+    # Several dev sets (MNLI m/mm); hp_metric is the best validation value, not a test result.
+    metrics = {k: v for result in results for k, v in result.items() if k != "hp_metric"}
     if writes_predictions(cli.model):
         trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, weights_only=True)
     log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
