@@ -23,14 +23,14 @@ import json
 import math
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import run_point, time_and_peak  # noqa: E402
+
 DEFAULT_CPU = ["softmax", "yoso-e", "yoso-32@reference", "yoso-32"]
 DEFAULT_CUDA = ["softmax", "softmax-bf16", "yoso-e", "yoso-16", "yoso-32"]
 
@@ -66,7 +66,6 @@ def run_worker(args: argparse.Namespace) -> None:
     """Measure one point and print one JSON line (runs in its own process)."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from src.models.components.attention import SoftmaxAttention, YOSOAttention
 
     spec = parse_attention(args.attention)
@@ -93,33 +92,7 @@ def run_worker(args: argparse.Namespace) -> None:
         for t in (q, k, v):
             t.grad = None
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    step()  # warm-up: builds kernels, fills caches
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"median_s": statistics.median(times), "peak_bytes": max(peak, 0)}))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    print(json.dumps(time_and_peak(step, device.type, args.repeats)))
 
 
 def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
@@ -129,16 +102,7 @@ def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
         "--head-dim", str(args.head_dim), "--hash-code-len", str(args.hash_code_len),
         "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout>{args.timeout}s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"status": f"failed: {last[:80]}"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["status"] = "ok"
-    return result
+    return run_point(cmd, args.timeout)
 
 
 def format_table(rows: list[dict], attentions: list[str], lengths: list[int]) -> str:

@@ -22,14 +22,15 @@ import csv
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import run_point, time_and_peak  # noqa: E402
+
 DEFAULT_ATTENTIONS = ["softmax", "yoso-16", "yoso-32", "yoso-e", "yoso-c-16"]
 
 
@@ -76,7 +77,6 @@ def run_worker(args: argparse.Namespace) -> None:
     """Measure one point; print one JSON line."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = build_model(args.attention, args.length, args.hash_code_len).to(device)
@@ -88,37 +88,14 @@ def run_worker(args: argparse.Namespace) -> None:
     ids = ids.masked_fill(~mask, 0)
     labels = torch.randint(0, 10, (args.batch,), device=device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
         loss.backward()
         optimizer.step()
 
-    base = _rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated()
-    step()  # warm-up: builds kernels, creates Adam state
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"median_s": statistics.median(times), "peak_bytes": max(peak, 0)}))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    # count_warmup_memory: the first step creates Adam's state, part of a training step's footprint
+    print(json.dumps(time_and_peak(step, device.type, args.repeats, count_warmup_memory=True)))
 
 
 def _available_bytes() -> float:
@@ -135,16 +112,7 @@ def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--attention", attention, "--length", str(length),
            "--device", args.device, "--batch", str(args.batch), "--hash-code-len", str(args.hash_code_len),
            "--repeats", str(args.repeats)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout>{args.timeout:.0f}s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["?"])[-1]
-        return {"status": f"failed: {last[:80]}"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["status"] = "ok"
-    return result
+    return run_point(cmd, args.timeout)
 
 
 def cpu_model() -> str:

@@ -1,0 +1,72 @@
+"""What every benchmark script shares: one point per worker process, timed and measured alike.
+
+A point (an attention or a model at one length) runs in a fresh process so that
+its peak memory is its own and an out-of-memory point cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def time_and_peak(step: Callable[[], None], device_type: str, repeats: int,
+                  count_warmup_memory: bool = False) -> dict:
+    """Median wall time of ``repeats`` calls of ``step`` after one warm-up, and the peak memory.
+
+    Peak = CUDA allocator peak, or growth of the process's peak RSS on the CPU, over
+    the state before the warm-up (``count_warmup_memory``: e.g. optimizer state the
+    first step creates) or after it (the step alone).
+    """
+    import torch
+
+    def sync() -> None:
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+
+    def current() -> int:
+        return torch.cuda.memory_allocated() if device_type == "cuda" else rss_bytes()
+
+    base = current() if count_warmup_memory else None
+    step()  # warm-up: builds kernels, fills caches
+    sync()
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if base is None:
+        base = current()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    if device_type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"median_s": statistics.median(times), "peak_bytes": max(peak, 0)}
+
+
+def run_point(cmd: list[str], timeout: float) -> dict:
+    """Run one worker command; its last stdout line is the JSON result."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout>{timeout:.0f}s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return {"status": f"failed: {last[:80]}"}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["status"] = "ok"
+    return result
