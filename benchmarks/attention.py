@@ -10,7 +10,8 @@ down. The median of several forward+backward repeats is reported.
 
 Attention names: ``softmax`` (SDPA, fp32), ``softmax-bf16``/``softmax-fp16``,
 ``yoso-e`` (expectation), ``yoso-<m>`` (sampling with m hashes, tau 8, LSH
-backward); ``@<backend>`` picks a YOSO backend, e.g. ``yoso-32@reference``.
+backward), ``yoso-<m>-bf16`` (bf16 inputs), ``yoso-<m>-bf16bwd`` (float32 inputs,
+bf16 backward contractions); ``@<backend>`` picks a YOSO backend, e.g. ``yoso-32@reference``.
 Writes ``<out>.csv``, ``<out>.md`` (the table) and ``<out>.png`` (log-log plot).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import run_point, time_and_peak  # noqa: E402
+from benchmarks.harness import MALLOC_POLICIES, run_point, time_and_peak  # noqa: E402
 
 DEFAULT_CPU = ["softmax", "yoso-e", "yoso-32@reference", "yoso-32"]
 DEFAULT_CUDA = ["softmax", "softmax-bf16", "yoso-e", "yoso-16", "yoso-32"]
@@ -46,9 +47,13 @@ def parse_attention(name: str) -> dict:
     if base == "yoso-e":
         return {"kind": "yoso", "expectation": True, "backend": backend or None, "dtype": "float32"}
     if base.startswith("yoso-") and base.endswith("-bf16") and base[5:-5].isdigit():
-        # bf16 in and out; the kernels compute in float32 (no bf16 kernels yet)
+        # bf16 in and out (the kernels widen to float32)
         return {"kind": "yoso", "num_hashes": int(base[5:-5]), "backend": backend or None,
                 "dtype": "bfloat16"}
+    if base.startswith("yoso-") and base.endswith("-bf16bwd") and base[5:-8].isdigit():
+        # float32 in and out, backward_precision="bfloat16"
+        return {"kind": "yoso", "num_hashes": int(base[5:-8]), "backend": backend or None,
+                "dtype": "float32", "backward_precision": "bfloat16"}
     if base.startswith("yoso-") and base[5:].isdigit():
         return {"kind": "yoso", "num_hashes": int(base[5:]), "backend": backend or None, "dtype": "float32"}
     raise ValueError(f"unknown attention {name!r}; see --help")
@@ -83,7 +88,8 @@ def run_worker(args: argparse.Namespace) -> None:
                                expectation=True, backend=spec["backend"])
     else:
         module = YOSOAttention(args.heads, args.head_dim, num_hashes=spec["num_hashes"],
-                               hash_code_len=args.hash_code_len, backend=spec["backend"])
+                               hash_code_len=args.hash_code_len, backend=spec["backend"],
+                               backward_precision=spec.get("backward_precision", "float32"))
     module.to(device)
 
     def step() -> None:
@@ -102,7 +108,7 @@ def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
         "--head-dim", str(args.head_dim), "--hash-code-len", str(args.hash_code_len),
         "--repeats", str(args.repeats), "--threads", str(args.threads),
     ]
-    return run_point(cmd, args.timeout)
+    return run_point(cmd, args.timeout, args.malloc)
 
 
 def format_table(rows: list[dict], attentions: list[str], lengths: list[int]) -> str:
@@ -168,6 +174,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point")
+    parser.add_argument("--malloc", default="glibc", choices=list(MALLOC_POLICIES),
+                        help="allocator policy of the workers: glibc's default, or 'mmap' (freed "
+                             "blocks >= 128 KiB go back to the OS: peak RSS = peak of live tensors)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention"),
                         help="output prefix: writes <out>.csv, <out>.md, <out>.png")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

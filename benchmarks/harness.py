@@ -14,6 +14,17 @@ import subprocess
 import time
 from collections.abc import Callable
 
+# Allocator settings for the worker processes (``--malloc``). glibc keeps freed blocks
+# of up to 32 MiB in its heap (its mmap threshold rises to the largest block freed), so
+# by default peak RSS also counts memory the process no longer uses; which attention
+# that inflates more depends on its allocation sizes, not on what it keeps alive. A
+# fixed threshold returns every block >= 128 KiB to the OS when freed: peak RSS then
+# tracks the peak of live tensors (checked against torch.profiler's memory events).
+MALLOC_POLICIES: dict[str, dict[str, str]] = {
+    "glibc": {},
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+}
+
 
 def rss_bytes() -> int:
     """Resident set size of this process now."""
@@ -58,10 +69,11 @@ def time_and_peak(step: Callable[[], None], device_type: str, repeats: int,
     return {"median_s": statistics.median(times), "peak_bytes": max(peak, 0)}
 
 
-def run_point(cmd: list[str], timeout: float) -> dict:
-    """Run one worker command; its last stdout line is the JSON result."""
+def run_point(cmd: list[str], timeout: float, malloc: str = "glibc") -> dict:
+    """Run one worker command (allocator policy ``malloc``); its last stdout line is the JSON result."""
+    env = {**os.environ, **MALLOC_POLICIES[malloc]}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": f"timeout>{timeout:.0f}s"}
     if done.returncode != 0:

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import run_point, time_and_peak  # noqa: E402
+from benchmarks.harness import MALLOC_POLICIES, run_point, time_and_peak  # noqa: E402
 
 DEFAULT_ATTENTIONS = ["softmax", "yoso-16", "yoso-32", "yoso-e", "yoso-c-16"]
 
@@ -112,7 +112,7 @@ def measure(args: argparse.Namespace, attention: str, length: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--attention", attention, "--length", str(length),
            "--device", args.device, "--batch", str(args.batch), "--hash-code-len", str(args.hash_code_len),
            "--repeats", str(args.repeats)]
-    return run_point(cmd, args.timeout)
+    return run_point(cmd, args.timeout, args.malloc)
 
 
 def cpu_model() -> str:
@@ -182,6 +182,9 @@ def main() -> None:
     parser.add_argument("--hash-code-len", type=int, default=11, help="ListOps: 11")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per point")
+    parser.add_argument("--malloc", default="glibc", choices=list(MALLOC_POLICIES),
+                        help="allocator policy of the workers: glibc's default, or 'mmap' (freed "
+                             "blocks >= 128 KiB go back to the OS: peak RSS = peak of live tensors)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--attention", help=argparse.SUPPRESS)
@@ -216,7 +219,8 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     shared = " (machine shared: load > 2)" if max(load, load_after) > 2 else ""
     note = (f"{title}{shared}\n\nCommand: `python {' '.join(sys.argv)}`; median of {args.repeats} "
-            f"steps after one warm-up; peak = RSS growth over the process before the first step. "
+            f"steps after one warm-up; peak = RSS growth over the process before the first step, "
+            f"allocator policy `{args.malloc}` (see benchmarks/harness.py). "
             f"Ratios in parentheses: softmax time / this time, same run.\n\n")
     args.out.with_suffix(".md").write_text(note + table + "\n")
     plot(rows, args.attentions, args.out.with_suffix(".png"), title)

@@ -23,6 +23,7 @@ from src.kernels.reference import expectation_weights
 
 # arccos has an infinite slope at +-1: the exact gradient clamps the cosine just inside.
 _EXACT_COSINE_LIMIT = 1.0 - 1e-6
+_CODE_STORAGE = torch.int16
 
 
 def _expectation_backward(
@@ -129,7 +130,8 @@ class LSHCumulation(torch.autograd.Function):
     """YOSO-m: hash-table forward; fused LSH (linear) or expectation (quadratic) backward.
 
     ``impl`` is the module of ops (``ops`` compiled, or ``reference``); inputs are
-    float32 with bool masks and int32 codes.
+    float32 with bool masks and int32 codes; ``bf16`` asks the compiled backward for
+    bf16 contractions (``ops.lsh_backward``).
     """
 
     @staticmethod
@@ -145,25 +147,31 @@ class LSHCumulation(torch.autograd.Function):
         hash_code_len: int,
         lsh_backward: bool,
         impl: Any,
+        bf16: bool = False,
     ) -> torch.Tensor:
         query, key = query.contiguous(), key.contiguous()
-        ctx.save_for_backward(query_mask, key_mask, query, key, value, query_codes, key_codes)
+        # Codes are kept as int16 when they fit (tau <= 15): half the memory of the
+        # int32 the kernels take, restored in the backward for the cost of one cast.
+        stored = [c.to(_CODE_STORAGE) if hash_code_len <= 15 else c for c in (query_codes, key_codes)]
+        ctx.save_for_backward(query_mask, key_mask, query, key, value, *stored)
         ctx.hash_code_len = hash_code_len
         ctx.lsh_backward = lsh_backward
         ctx.impl = impl
+        ctx.bf16 = bf16
         return impl.lsh_cumulation(query_mask, query_codes, key_mask, key_codes, value, hash_code_len)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query_mask, key_mask, query, key, value, query_codes, key_codes = ctx.saved_tensors
+        query_codes, key_codes = query_codes.to(torch.int32), key_codes.to(torch.int32)
         tau = ctx.hash_code_len
         grad = grad.float().contiguous()
         if ctx.lsh_backward:
             grads = ctx.impl.lsh_backward(
-                query_mask, query_codes, query, key_mask, key_codes, key, value, grad, tau
+                query_mask, query_codes, query, key_mask, key_codes, key, value, grad, tau, ctx.bf16
             )
         else:
             grads = _expectation_backward(
                 grad, query_mask.to(grad.dtype), key_mask.to(grad.dtype), query, key, value, tau
             )
-        return (None, None, *grads, None, None, None, None, None)
+        return (None, None, *grads, None, None, None, None, None, None)

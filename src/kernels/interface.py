@@ -25,6 +25,8 @@ from src.kernels.autograd import ExactExpectation, ExpectationCumulation, LSHCum
 
 Hashing = Literal["gaussian", "fast"]
 HASHINGS = ("gaussian", "fast")
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 BACKEND_ENV_VAR = "YOSO_BACKEND"
 _WARNED: set[str] = set()
@@ -176,6 +178,7 @@ def yoso_attention(
     generator: torch.Generator | None = None,
     normalize_output: bool = True,
     exact_gradient: bool = False,
+    backward_precision: Precision = "float32",
 ) -> torch.Tensor:
     """YOSO attention ``normalize(Y)`` with ``Y_i = sum_j M_j B(q_i, k_j) v_j``.
 
@@ -194,6 +197,12 @@ def yoso_attention(
         exact_gradient: with ``expectation=True``, plain autograd of YOSO-E (the true
             derivative of the collision probability) instead of the paper's surrogate;
             quadratic memory, meant as a reference for tests and studies.
+        backward_precision: operands of the LSH backward's per-pair contractions
+            (``S = G V^T``, ``S K``, ``S^T Q``; sums always fp32), for any input dtype
+            (bf16 inputs are widened exactly). ``"bfloat16"`` runs them on AVX512-BF16
+            (``ops.bf16_supported()``; float32 elsewhere); its error is far below the
+            estimator's ~1/sqrt(m) noise, but on the CPU measured it is no faster, so
+            float32 is the default (``docs/kernels.md``).
 
     Returns:
         ``[B, H, n_q, d_v]`` in the query's dtype; padded query rows are 0.
@@ -204,6 +213,8 @@ def yoso_attention(
         raise ValueError(f"num_hashes must be a positive int, got {num_hashes!r}")
     if hashing not in HASHINGS:
         raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
+    if backward_precision not in PRECISIONS:
+        raise ValueError(f"backward_precision must be one of {PRECISIONS}, got {backward_precision!r}")
     if exact_gradient and not expectation:
         raise ValueError("exact_gradient=True needs expectation=True (sampling has no exact gradient)")
     batch, heads, num_queries, head_dim = query.shape
@@ -217,18 +228,20 @@ def yoso_attention(
         query_mask = as_bool_mask(None, batch, num_queries, query.device)
 
     out_dtype = query.dtype
+    bf16_backward = backward_precision == "bfloat16"
     bh = batch * heads
     with torch.autocast(device_type=query.device.type, enabled=False):
-        # Contiguous before normalising: the normalised tensors are then saved once, as
-        # views, by both autograd nodes (a strided input would be copied by reshape and
-        # kept twice).
+        # Padded keys/values are zeroed first (a NaN there must not leak in through
+        # 0 * NaN), and the zeroing is the one copy of k and v: contiguous before
+        # normalising, so that each normalised tensor is saved once, as a view, by both
+        # autograd nodes (a strided one would be copied by reshape and kept twice).
+        padded = ~key_mask[:, None, :, None]
         q = normalize_rows(query.float().contiguous()).reshape(bh, num_queries, head_dim)
-        k = normalize_rows(key.float().contiguous()).reshape(bh, num_keys, head_dim)
-        v = value.float().contiguous().reshape(bh, num_keys, value_dim)
+        k = normalize_rows(key.float().masked_fill(padded, 0.0).contiguous())
+        k = k.reshape(bh, num_keys, head_dim)
+        v = value.float().masked_fill(padded, 0.0).contiguous().reshape(bh, num_keys, value_dim)
         qm = query_mask.unsqueeze(1).expand(batch, heads, num_queries).reshape(bh, num_queries)
         km = key_mask.unsqueeze(1).expand(batch, heads, num_keys).reshape(bh, num_keys)
-        # Padded keys/values never reach the kernels: a NaN there must not leak in through 0 * NaN.
-        k, v = (torch.where(km.unsqueeze(-1), t, 0.0) for t in (k, v))
         if expectation and exact_gradient:
             y = ExactExpectation.apply(qm, km, q, k, v, hash_code_len)
         elif expectation:
@@ -242,8 +255,8 @@ def yoso_attention(
                 q_codes = hash_codes(q.detach(), params, num_hashes, hash_code_len, hashing, impl)
                 k_codes = hash_codes(k.detach(), params, num_hashes, hash_code_len, hashing, impl)
             y = LSHCumulation.apply(
-                qm.contiguous(), km.contiguous(), q, k, v.contiguous(), q_codes, k_codes,
-                hash_code_len, lsh_backward, impl,
+                qm.contiguous(), km.contiguous(), q, k, v, q_codes, k_codes,
+                hash_code_len, lsh_backward, impl, bf16_backward,
             )
         if normalize_output:
             y = normalize_rows(y)

@@ -97,13 +97,18 @@ def lsh_backward(
     value: Tensor,
     grad: Tensor,
     hash_code_len: int,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Surrogate ``(dQ, dK, dV)`` of the cumulation in one pass (``reference.lsh_backward``)."""
+    """Surrogate ``(dQ, dK, dV)`` of the cumulation in one pass (``reference.lsh_backward``).
+
+    ``bf16``: the per-pair contractions on bf16 operands with fp32 sums, where the
+    CPU has AVX512-BF16 (``bf16_supported``); fp32 otherwise and on CUDA.
+    """
     raise _no_kernel(value)
 
 
 @lsh_backward.register_fake
-def _(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, hash_code_len):
+def _(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, hash_code_len, bf16=False):
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
@@ -119,3 +124,8 @@ for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, l
     _name = _op._name.split("::")[-1]
     for _device in DEVICE_TYPES:
         _op.register_kernel(_device, _kernel(_device, _name))
+
+
+def bf16_supported() -> bool:
+    """True when the CPU backward's ``bf16`` option runs bf16 contractions on this machine."""
+    return bool(build.extension("cpu").bf16_supported())

@@ -340,8 +340,12 @@ def lsh_backward(
     value: torch.Tensor,
     grad: torch.Tensor,
     hash_code_len: int,
+    bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The LSH surrogate gradients ``(dQ, dK, dV)`` of ``lsh_cumulation`` (``G`` = ``grad``).
+
+    ``bf16`` is the compiled kernels' precision option; the reference, being the
+    definition, always computes in the inputs' dtype and ignores it.
 
     ``dV_j = mk_j / m sum_h sum_i mq_i [h(q_i)=h(k_j)] G_i`` (a cumulation with the
     sides swapped) and ``dQ`` / ``dK`` the weighted cumulations times ``tau / 2``,

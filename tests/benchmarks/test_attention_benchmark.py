@@ -21,6 +21,10 @@ def test_attention_names_parse_and_typos_fail():
         "kind": "yoso", "num_hashes": 32, "backend": "reference", "dtype": "float32"
     }
     assert bench.parse_attention("softmax-bf16")["dtype"] == "bfloat16"
+    assert bench.parse_attention("yoso-16-bf16bwd") == {
+        "kind": "yoso", "num_hashes": 16, "backend": None, "dtype": "float32",
+        "backward_precision": "bfloat16",
+    }
     assert bench.parse_attention("yoso-e")["expectation"] is True
     with pytest.raises(ValueError, match="unknown attention"):
         bench.parse_attention("yoso-many")

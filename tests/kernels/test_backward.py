@@ -220,3 +220,34 @@ def test_masked_positions_get_zero_gradients_and_no_nan():
         assert torch.isfinite(grad).all()
         assert grad.permute(0, 2, 1, 3)[padded].abs().max() == 0
         assert grad[1].abs().max() > 0
+
+
+def test_bf16_backward_error_is_far_below_the_sampling_noise():
+    """The bf16 option's added error (same codes) is < 5 % of the estimator's own noise
+    (32 hashes against the dense expectation), for dQ and dK; fixed seed."""
+    from src.kernels import build, ops
+    from src.kernels.autograd import _expectation_backward
+    from src.kernels.interface import hash_codes
+
+    try:
+        if not build.extension("cpu").bf16_supported():
+            pytest.skip("this CPU has no AVX512-BF16: the bf16 option runs in float32")
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    g = torch.Generator().manual_seed(12)
+    bh, n, d, m, tau = 2, 512, 32, 32, 6
+    centres = torch.randn(bh, 16, d, generator=g)
+    q, k = (normalize_rows(centres[:, torch.randint(0, 16, (n,), generator=g)]
+                           + 0.5 * torch.randn(bh, n, d, generator=g)) for _ in range(2))
+    v, grad = torch.randn(bh, n, d, generator=g), torch.randn(bh, n, d, generator=g)
+    mask = torch.ones(bh, n, dtype=torch.bool)
+    params = draw_hash_parameters(bh, d, m, tau, "gaussian", q.device, g)
+    qc, kc = (hash_codes(x, params, m, tau, "gaussian", ops) for x in (q, k))
+    fp32 = ops.lsh_backward(mask, qc, q, mask, kc, k, v, grad, tau, False)
+    bf16 = ops.lsh_backward(mask, qc, q, mask, kc, k, v, grad, tau, True)
+    expected = _expectation_backward(grad.double(), mask.double(), mask.double(), q.double(), k.double(),
+                                     v.double(), tau)
+    for name, a, b, e in zip(("dq", "dk"), fp32, bf16, expected):
+        noise = ((a.double() - e).norm() / e.norm()).item()
+        added = ((b.double() - a.double()).norm() / e.norm()).item()
+        assert 0 < added < 0.05 * noise, (name, added, noise)

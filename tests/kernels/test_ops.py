@@ -199,6 +199,99 @@ def test_out_of_range_codes_and_bad_shapes_are_refused(device):
             build.extension("cuda").hash_gaussian(torch.randn(2, 5, 8), torch.randn(2, 8, 12), 4)
 
 
+# --------------------------------------------------------------------------- bf16 backward
+def bf16_extension():
+    """The CPU extension, where its bf16 backward runs (AVX512-BF16); skips otherwise."""
+    try:
+        extension = build.extension("cpu")
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    if not extension.bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16: the bf16 option runs in float32")
+    return extension
+
+
+def with_floats(args: tuple, convert) -> tuple:
+    return tuple(convert(a) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+# Direct buckets only, padded widths (24, 100), nq != nk, hash splits (BH = 1, 3).
+BF16_CASES = [(1, 1000, 1000, 64, 64, 16, 8), (3, 300, 280, 32, 32, 33, 4),
+              (1, 4097, 300, 32, 64, 3, 9), (3, 500, 700, 24, 100, 8, 5)]
+
+
+def check_bf16_backward(c: dict) -> None:
+    """FlashAttention-style bound: against a float64 truth, the bf16 kernel's max error
+    is at most twice that of the reference run on bf16-rounded inputs (plus float32
+    rounding of the sums); dV involves no contraction and equals the float32 kernel."""
+    args = backward_args(c)
+    truth = ref.lsh_backward(*with_floats(args, torch.Tensor.double))
+    rounded = ref.lsh_backward(*with_floats(args, lambda t: t.bfloat16().float()))
+    bound = ref.lsh_backward(*backward_args(c, absolute=True))
+    got = ops.lsh_backward(*args, True)
+    fp32 = ops.lsh_backward(*args, False)
+    assert torch.equal(got[2], fp32[2])
+    for name, g, t, r, b, f in zip(("dq", "dk"), got, truth, rounded, bound, fp32):
+        error = (g.double() - t).abs().max().item()
+        reference_error = (r.double() - t).abs().max().item()
+        assert reference_error > 0 and not torch.equal(g, f), f"{name}: nothing was rounded"
+        assert error <= 2 * reference_error + SUM_RTOL * b.max().item(), (name, error, reference_error)
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=["bh{}-nq{}-nk{}-w{}-dv{}-m{}-tau{}".format(*case)
+                                                  for case in BF16_CASES])
+def test_bf16_backward_error_is_within_twice_a_bf16_reference(case):
+    bf16_extension()
+    check_bf16_backward(random_case(case, seed=sum(case) + 1, device=torch.device("cpu")))
+
+
+def test_bf16_backward_with_table_buckets():
+    """Skewed buckets take the (float32) table method, the rest bf16: still within bound."""
+    bf16_extension()
+    c = random_case((1, 700, 600, 64, 64, 4, 8), seed=5, device=torch.device("cpu"))
+    hot = torch.rand(c["query_codes"].shape, generator=generator(6)) < 0.7
+    c["query_codes"] = torch.where(hot, torch.full_like(c["query_codes"], 3), c["query_codes"])
+    c["key_codes"] = torch.where(hot[:, :600], torch.full_like(c["key_codes"], 3), c["key_codes"])
+    check_bf16_backward(c)
+
+
+def test_bf16_option_without_avx512_bf16_is_float32():
+    """On a variant without AVX512-BF16 the option changes nothing (the plain path)."""
+    extension = bf16_extension()
+    best = extension.active_isa()
+    c = random_case(BF16_CASES[0], seed=2, device=torch.device("cpu"))
+    try:
+        assert extension.set_isa("avx512") and not extension.bf16_supported()
+        for got, want in zip(ops.lsh_backward(*backward_args(c), True), ops.lsh_backward(*backward_args(c))):
+            assert torch.equal(got, want)
+    finally:
+        assert extension.set_isa(best)
+
+
+def test_backward_precision_option_through_yoso_attention():
+    """float32 contractions by default for float32 and bf16 inputs; "bfloat16" changes the
+    query/key gradients (not the value's) for both; any other name is refused."""
+    bf16_extension()
+    g = generator(4)
+    q, k, v = (torch.randn(2, 2, 300, 32, generator=g) for _ in range(3))
+    upstream = torch.randn(2, 2, 300, 32, generator=g)
+
+    def grads(dtype, **precision):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (q, k, v)]
+        out = yoso_attention(*leaves, num_hashes=8, hash_code_len=5, generator=generator(7), **precision)
+        (out.float() * upstream).sum().backward()
+        return [leaf.grad for leaf in leaves]
+
+    for dtype in (torch.float32, torch.bfloat16):
+        default, fp32, bf16 = grads(dtype), grads(dtype, backward_precision="float32"), \
+            grads(dtype, backward_precision="bfloat16")
+        assert all(torch.equal(a, b) for a, b in zip(default, fp32))
+        assert not torch.equal(bf16[0], fp32[0]) and not torch.equal(bf16[1], fp32[1])
+        assert torch.equal(bf16[2], fp32[2])
+    with pytest.raises(ValueError, match="backward_precision"):
+        yoso_attention(q, k, v, backward_precision="auto")
+
+
 # --------------------------------------------------------------------------- hashing
 def assert_codes_match(got, want, values64, tau):
     """Identical codes except bits whose exact projection is within 1e-5 of 0."""

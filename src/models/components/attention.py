@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.kernels import yoso_attention
-from src.kernels.interface import HASHINGS, as_bool_mask
+from src.kernels.interface import HASHINGS, PRECISIONS, as_bool_mask
 from src.kernels.reference import check_hash_code_len
 from src.models.components.sequence_conv import SequenceConv
 
@@ -44,6 +44,8 @@ class YOSOAttention(nn.Module):
         lsh_backward: the paper's linear LSH backward; False uses the expectation backward.
         hashing: ``"gaussian"`` projections or the ``"fast"`` Hadamard hash.
         backend: ``None`` (by device, or ``$YOSO_BACKEND``), ``"reference"``, ``"cpu"``, ``"cuda"``.
+        backward_precision: ``"float32"`` or ``"bfloat16"``: operands of the LSH backward's
+            contractions (see ``yoso_attention``).
     """
 
     def __init__(
@@ -58,8 +60,11 @@ class YOSOAttention(nn.Module):
         lsh_backward: bool = True,
         hashing: str = "gaussian",
         backend: str | None = None,
+        backward_precision: str = "float32",
     ) -> None:
         super().__init__()
+        if backward_precision not in PRECISIONS:
+            raise ValueError(f"backward_precision must be one of {PRECISIONS}, got {backward_precision!r}")
         check_yoso_options(num_heads, head_dim, hash_code_len, num_hashes, hashing)
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -69,6 +74,7 @@ class YOSOAttention(nn.Module):
         self.lsh_backward = lsh_backward
         self.hashing = hashing
         self.backend = backend
+        self.backward_precision = backward_precision
         self.conv = SequenceConv(num_heads, conv_window) if conv_window is not None else None
 
     def forward(
@@ -85,6 +91,7 @@ class YOSOAttention(nn.Module):
             lsh_backward=self.lsh_backward,
             hashing=self.hashing,
             backend=self.backend,
+            backward_precision=self.backward_precision,
         )
         if self.conv is not None:
             out = out + self.conv(v, as_bool_mask(mask, v.shape[0], v.shape[2], v.device))

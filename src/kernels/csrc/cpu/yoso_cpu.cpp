@@ -169,7 +169,7 @@ at::Tensor pad_last(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_backward(
     const at::Tensor& query_mask, const at::Tensor& query_codes, const at::Tensor& query,
     const at::Tensor& key_mask, const at::Tensor& key_codes, const at::Tensor& key,
-    const at::Tensor& value, const at::Tensor& grad, int64_t tau) {
+    const at::Tensor& value, const at::Tensor& grad, int64_t tau, bool bf16) {
   const int64_t m = check_sides(query_mask, query_codes, key_mask, key_codes, value, tau);
   check_tensor(query, "query", at::kFloat, 3);
   check_tensor(key, "key", at::kFloat, 3);
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_backward(
                               v.data_ptr<float>(),          g.data_ptr<float>(),
                               grad_query.data_ptr<float>(), grad_key.data_ptr<float>(),
                               grad_value.data_ptr<float>(), bh, nq, nk, m, dp, dvp, tau,
-                              static_cast<double>(tau) / 2.0};
+                              static_cast<double>(tau) / 2.0, bf16};
   bool ok = true;
   {
     pybind11::gil_scoped_release no_gil;
@@ -231,9 +231,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Fused LSH backward: (dQ, dK, dV) of the cumulation, surrogate factor tau/2 included",
         pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("query"),
         pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("key"),
-        pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"));
+        pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"),
+        pybind11::arg("bf16") = false);
+  m.def("bf16_supported", &yoso_cpu::bf16_supported,
+        "True when lsh_backward(bf16=True) runs bf16 contractions (AVX512-BF16) on this CPU");
   m.def("active_isa", [] { return std::string(yoso_cpu::active_isa()); },
-        "Instruction-set variant the kernels use (avx512, avx2 or baseline)");
+        "Instruction-set variant the kernels use (avx512bf16, avx512, avx2 or baseline)");
   m.def("supported_isas", [] { return std::string(yoso_cpu::supported_isas()); },
         "Comma-separated variants this CPU can run, best first");
   m.def("set_isa", &set_isa, "Force a variant (for tests); False if unsupported",

@@ -5,7 +5,9 @@
 // `#pragma GCC target` and in its own namespace; the best variant the running
 // CPU supports is picked at first use (runtime check), so the extension never
 // needs -march=native and runs on any x86-64 machine. YOSO_CPU_ISA=baseline|
-// avx2|avx512 forces a variant. Other architectures get the portable variant.
+// avx2|avx512|avx512bf16 forces a variant. Other architectures get the portable
+// variant. The avx512bf16 variant is the AVX-512 one plus bf16 contractions in
+// the backward (BackwardArgs::bf16); the others run that option in fp32.
 //
 // Parallelism: work units are (batch-head, range of hashes); a unit owns the
 // output rows of its batch-head, so no atomics are needed. When there are
@@ -21,6 +23,10 @@
 #include <new>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -67,6 +73,18 @@ struct BackwardScratch {
   float* t1;     // [dv, d]
   float* t2;     // [dv, d]
   float* gsum;   // [dv]
+  // bf16 path only (null otherwise): bf16 copies of this batch-head's rows, widths
+  // padded to 32 (d2, dv2), and the packed operands of one bucket chunk.
+  uint16_t* qb;      // [nq, d2]
+  uint16_t* kb;      // [nk, d2]
+  uint16_t* vb;      // [nk, dv2]
+  uint16_t* gb;      // [nq, dv2]
+  uint16_t* sb;      // [QC, KC]: S in bf16
+  uint16_t* stb;     // [KC, QC]: S^T in bf16
+  uint32_t* vpairs;  // [dv2 / 2, KC]: V_K^T, two dims per word
+  uint32_t* kpairs;  // [KC / 2, d]: K_K, two keys per word
+  uint32_t* qpairs;  // [QC / 2, d]: Q_Q, two queries per word
+  const uint32_t** wrows;  // [max(QC, KC)]: A rows of the bf16 GEMMs
   const float** arows;
   const float** brows;
   float** crows;
@@ -84,6 +102,9 @@ struct IsaKernels {
                    const WeightedScratch& s);
   bool (*backward)(const BackwardArgs&, int64_t b, int64_t h0, int64_t h1, float* dq, float* dk,
                    float* dv, const BackwardScratch& s);
+  // The backward with bf16 contractions; null in variants without AVX512-BF16.
+  bool (*backward_bf16)(const BackwardArgs&, int64_t b, int64_t h0, int64_t h1, float* dq,
+                        float* dk, float* dv, const BackwardScratch& s);
 };
 
 }  // namespace detail
@@ -160,6 +181,35 @@ using detail::IsaKernels;
 #else
 #pragma GCC pop_options
 #endif
+
+// ---- AVX-512 + AVX512-BF16 variant (bf16 contractions in the backward) ----
+#if defined(__clang__)
+#pragma clang attribute push(                                                                  \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma"))), \
+    apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")
+#endif
+namespace yoso_cpu::detail::isa_avx512bf16 {
+using detail::IsaKernels;
+#define YOSO_ISA_NAME "avx512bf16"
+#define YOSO_VEC_BYTES 64
+#define YOSO_MK_VECS 4
+#define YOSO_MK_ROWS {0, 12, 8, 6, 6}
+#define YOSO_BF16 1
+#include "yoso_cpu_isa.inc"
+#undef YOSO_BF16
+#undef YOSO_ISA_NAME
+#undef YOSO_VEC_BYTES
+#undef YOSO_MK_ROWS
+#undef YOSO_MK_VECS
+}  // namespace yoso_cpu::detail::isa_avx512bf16
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 #endif  // YOSO_X86
 
 namespace yoso_cpu {
@@ -174,17 +224,18 @@ bool cpu_has(const char* isa) {
   if (std::strcmp(isa, "avx2") == 0) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }
-  if (std::strcmp(isa, "avx512") == 0) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(isa, "avx512") == 0) return avx512;
+  if (std::strcmp(isa, "avx512bf16") == 0) return avx512 && __builtin_cpu_supports("avx512bf16");
 #endif
   return false;
 }
 
 const IsaKernels* find_isa(const char* name) {
 #if YOSO_X86
+  if (std::strcmp(name, "avx512bf16") == 0) return &isa_avx512bf16::kernels;
   if (std::strcmp(name, "avx512") == 0) return &isa_avx512::kernels;
   if (std::strcmp(name, "avx2") == 0) return &isa_avx2::kernels;
 #endif
@@ -198,7 +249,7 @@ const IsaKernels* best_isa() {
     const IsaKernels* isa = find_isa(forced);
     if (isa != nullptr && cpu_has(forced)) return isa;
   }
-  for (const char* name : {"avx512", "avx2", "baseline"}) {
+  for (const char* name : {"avx512bf16", "avx512", "avx2", "baseline"}) {
     const IsaKernels* isa = find_isa(name);
     if (isa != nullptr && cpu_has(name)) return isa;
   }
@@ -421,15 +472,39 @@ bool lsh_backward(const BackwardArgs& args) {
   const int64_t dv_size = args.bh * args.nk * args.dv;
   std::vector<float> partial(static_cast<size_t>((splits - 1) * (dq_size + dk_size + dv_size)), 0.f);
   const detail::IsaKernels& kernels = isa();
+  const auto task = args.bf16 && kernels.backward_bf16 != nullptr ? kernels.backward_bf16
+                                                                   : kernels.backward;
+  const bool bf16 = task == kernels.backward_bf16;
+  // bf16 scratch: the rows of one batch-head (widths padded to 32) and one chunk's operands.
+  const int64_t d2 = detail::round_up(args.d, 32), dv2 = detail::round_up(args.dv, 32);
+  const int64_t halves = bf16 ? (args.nq + args.nk) * (d2 + dv2) + 2 * qc * kc : 0;
+  const int64_t words = bf16 ? (dv2 / 2) * kc + (kc / 2 + qc / 2) * args.d : 0;
   std::atomic<bool> ok{true};
   detail::parallel_units(units, team, [&](int64_t u, int64_t) {
     thread_local std::vector<int32_t> int_buffer;
     thread_local std::vector<float> float_buffer;
     thread_local std::vector<const float*> ptr_buffer;
+    thread_local std::vector<uint16_t> half_buffer;
+    thread_local std::vector<uint32_t> word_buffer;
+    thread_local std::vector<const uint32_t*> word_rows;
     int32_t* ip = detail::thread_buffer(int_buffer, ints);
     float* fp = detail::thread_buffer(float_buffer, floats);
     const float** pp = detail::thread_buffer(ptr_buffer, 3 * ptrs);
     detail::BackwardScratch sc{};
+    if (bf16) {
+      uint16_t* hp = detail::thread_buffer(half_buffer, halves);
+      uint32_t* wp = detail::thread_buffer(word_buffer, words);
+      sc.qb = hp;
+      sc.kb = sc.qb + args.nq * d2;
+      sc.vb = sc.kb + args.nk * d2;
+      sc.gb = sc.vb + args.nk * dv2;
+      sc.sb = sc.gb + args.nq * dv2;
+      sc.stb = sc.sb + qc * kc;
+      sc.vpairs = wp;
+      sc.kpairs = sc.vpairs + (dv2 / 2) * kc;
+      sc.qpairs = sc.kpairs + (kc / 2) * args.d;
+      sc.wrows = detail::thread_buffer(word_rows, kc);
+    }
     sc.qcount = ip;
     sc.kcount = ip + buckets;
     sc.qidx = ip + 2 * buckets;
@@ -451,7 +526,7 @@ bool lsh_backward(const BackwardArgs& args) {
     float* dq = (s == 0 ? args.grad_query : base) + b * args.nq * args.d;
     float* dk = (s == 0 ? args.grad_key : base + dq_size) + b * args.nk * args.d;
     float* dv = (s == 0 ? args.grad_value : base + dq_size + dk_size) + b * args.nk * args.dv;
-    if (!kernels.backward(args, b, h0, h1, dq, dk, dv, sc)) ok.store(false, std::memory_order_relaxed);
+    if (!task(args, b, h0, h1, dq, dk, dv, sc)) ok.store(false, std::memory_order_relaxed);
   });
   if (splits > 1) {
     const int64_t total = dq_size + dk_size + dv_size;
@@ -472,10 +547,12 @@ bool lsh_backward(const BackwardArgs& args) {
 
 const char* active_isa() { return isa().name; }
 
+bool bf16_supported() { return isa().backward_bf16 != nullptr; }
+
 const char* supported_isas() {
   static const char* names = [] {
     static std::string joined;
-    for (const char* name : {"avx512", "avx2", "baseline"}) {
+    for (const char* name : {"avx512bf16", "avx512", "avx2", "baseline"}) {
       if (detail::find_isa(name) != nullptr && detail::cpu_has(name)) {
         if (!joined.empty()) joined += ",";
         joined += name;

@@ -62,6 +62,9 @@ struct BackwardArgs {
   float* grad_value;           // [BH, nk, dv]
   int64_t bh, nq, nk, m, d, dv, tau;
   double weight_scale;         // tau / 2: the paper's surrogate factor
+  // Run the per-pair contractions (S = G V^T, S K, S^T Q) on bf16 operands with
+  // fp32 accumulation (AVX512-BF16); ignored (fp32) where the CPU lacks it.
+  bool bf16;
 };
 
 void hash_gaussian(const HashGaussianArgs& args);
@@ -72,7 +75,11 @@ bool lsh_cumulation(const CumulationArgs& args);
 bool lsh_weighted_cumulation(const WeightedArgs& args);
 bool lsh_backward(const BackwardArgs& args);
 
-// Instruction-set variant used by the kernels: "avx512", "avx2" or "baseline".
+// True when lsh_backward's bf16 option runs bf16 contractions on this CPU
+// (AVX512-BF16 present and the active variant has them).
+bool bf16_supported();
+
+// Instruction-set variant used by the kernels: "avx512bf16", "avx512", "avx2" or "baseline".
 // Chosen at first use from the CPU (runtime check) and YOSO_CPU_ISA if set.
 const char* active_isa();
 // Comma-separated variants this CPU can run, best first.

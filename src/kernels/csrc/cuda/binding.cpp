@@ -195,7 +195,9 @@ torch::Tensor lsh_weighted_cumulation(torch::Tensor query_mask, torch::Tensor qu
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> lsh_backward(
     torch::Tensor query_mask, torch::Tensor query_codes, torch::Tensor query, torch::Tensor key_mask,
-    torch::Tensor key_codes, torch::Tensor key, torch::Tensor value, torch::Tensor grad, int64_t tau) {
+    torch::Tensor key_codes, torch::Tensor key, torch::Tensor value, torch::Tensor grad, int64_t tau,
+    bool /*bf16*/) {
+  // bf16 contractions are a CPU (AVX512-BF16) option; the CUDA backward always runs fp32.
   check_tau(tau);
   check_tensor(value, "value", at::kFloat, 3, value);
   check_tensor(query, "query", at::kFloat, 3, value);
@@ -266,5 +268,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Sorted LSH backward: (dQ, dK, dV) of the cumulation, tau/2 included",
              pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("query"),
              pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("key"),
-             pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"));
+             pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"),
+             pybind11::arg("bf16") = false);
 }
