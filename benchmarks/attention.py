@@ -10,7 +10,8 @@ down. The median of several forward+backward repeats is reported.
 
 Attention names: ``softmax`` (SDPA, fp32), ``softmax-bf16``/``softmax-fp16``,
 ``yoso-e`` (expectation), ``yoso-<m>`` (sampling with m hashes, tau 8, LSH
-backward), ``yoso-<m>-bf16`` (bf16 inputs), ``yoso-<m>-bf16bwd`` (float32 inputs,
+backward), ``yoso-c-<m>`` (plus YOSO-C's convolution on V, window 31),
+``yoso-<m>-bf16`` (bf16 inputs), ``yoso-<m>-bf16bwd`` (float32 inputs,
 bf16 backward contractions); ``@<backend>`` picks a YOSO backend, e.g. ``yoso-32@reference``.
 Writes ``<out>.csv``, ``<out>.md`` (the table) and ``<out>.png`` (log-log plot).
 """
@@ -54,6 +55,9 @@ def parse_attention(name: str) -> dict:
         # float32 in and out, backward_precision="bfloat16"
         return {"kind": "yoso", "num_hashes": int(base[5:-8]), "backend": backend or None,
                 "dtype": "float32", "backward_precision": "bfloat16"}
+    if base.startswith("yoso-c-") and base[7:].isdigit():  # YOSO-C: plus the conv (window 31) on V
+        return {"kind": "yoso", "num_hashes": int(base[7:]), "backend": backend or None, "dtype": "float32",
+                "conv_window": 31}
     if base.startswith("yoso-") and base[5:].isdigit():
         return {"kind": "yoso", "num_hashes": int(base[5:]), "backend": backend or None, "dtype": "float32"}
     raise ValueError(f"unknown attention {name!r}; see --help")
@@ -89,7 +93,8 @@ def run_worker(args: argparse.Namespace) -> None:
     else:
         module = YOSOAttention(args.heads, args.head_dim, num_hashes=spec["num_hashes"],
                                hash_code_len=args.hash_code_len, backend=spec["backend"],
-                               backward_precision=spec.get("backward_precision", "float32"))
+                               backward_precision=spec.get("backward_precision", "float32"),
+                               conv_window=spec.get("conv_window"))
     module.to(device)
 
     def step() -> None:

@@ -26,6 +26,7 @@ def test_attention_names_parse_and_typos_fail():
         "backward_precision": "bfloat16",
     }
     assert bench.parse_attention("yoso-e")["expectation"] is True
+    assert bench.parse_attention("yoso-c-16")["conv_window"] == 31
     with pytest.raises(ValueError, match="unknown attention"):
         bench.parse_attention("yoso-many")
 
