@@ -50,7 +50,7 @@ class LastCheckpoint(Callback):
         if path is None:
             rank_zero_warn("LastCheckpoint: no ModelCheckpoint directory configured; last.ckpt not written")
             return None
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: resume is exact
         self._saved_step = trainer.global_step
         return path
 
