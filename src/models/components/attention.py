@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.kernels import yoso_attention
-from src.kernels.interface import HASHINGS, PRECISIONS, as_bool_mask
+from src.kernels.interface import HASHINGS, PRECISIONS, Precision, as_bool_mask
 from src.kernels.reference import check_hash_code_len
 from src.models.components.sequence_conv import SequenceConv
 
@@ -60,7 +60,7 @@ class YOSOAttention(nn.Module):
         lsh_backward: bool = True,
         hashing: str = "gaussian",
         backend: str | None = None,
-        backward_precision: str = "float32",
+        backward_precision: Precision = "float32",
     ) -> None:
         super().__init__()
         if backward_precision not in PRECISIONS:
