@@ -58,6 +58,21 @@ def _last(events: EventAccumulator, tag: str) -> float | None:
     return scalars[-1].value if scalars else None
 
 
+def _val_curve(events: EventAccumulator, start: float) -> list[tuple[float, float]]:
+    """(training seconds, val acc) per validation.
+
+    Seconds are the ``resources/train_time_s`` logged at the same step when there is
+    one: it counts the time before a resume, so a resumed run's points sit where its
+    training actually was; else the event's wall time since the run's first event.
+    """
+    tags = events.Tags()["scalars"]
+    if "val/acc" not in tags:
+        return []
+    trained = {e.step: e.value for e in events.Scalars("resources/train_time_s")} \
+        if "resources/train_time_s" in tags else {}
+    return [(trained.get(e.step, e.wall_time - start), e.value) for e in events.Scalars("val/acc")]
+
+
 def read_run(path: Path, task: str, attention: str, version: int) -> Run | None:
     """The run's figures, or ``None`` when it has no ``test/acc`` (not finished)."""
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
@@ -74,7 +89,7 @@ def read_run(path: Path, task: str, attention: str, version: int) -> Run | None:
         stamps = [e.wall_time for tag in training for e in events.Scalars(tag)]
         train_time = max(stamps) - start if stamps else 0.0
     on_gpu = _last(events, "resources/peak_memory_is_gpu")
-    curve = [(e.wall_time - start, e.value) for e in events.Scalars("val/acc")] if "val/acc" in tags else []
+    curve = _val_curve(events, start)
     return Run(task, attention, version, path, test_acc, train_time, from_events,
                _last(events, "resources/peak_memory_mib"), None if on_gpu is None else on_gpu > 0.5, curve)
 

@@ -5,6 +5,7 @@ from src.kernels.interface import (
     hash_codes,
     normalize_rows,
     select_ops,
+    sequence_conv,
     yoso_attention,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "hash_codes",
     "normalize_rows",
     "select_ops",
+    "sequence_conv",
     "yoso_attention",
 ]

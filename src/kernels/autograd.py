@@ -175,3 +175,25 @@ class LSHCumulation(torch.autograd.Function):
                 grad, query_mask.to(grad.dtype), key_mask.to(grad.dtype), query, key, value, tau
             )
         return (None, None, *grads, None, None, None, None, None, None)
+
+
+class SequenceConvolution(torch.autograd.Function):
+    """YOSO-C's convolution on V with the op pair's own backward (``impl.sequence_conv*``).
+
+    Inputs as ``reference.sequence_conv`` (``[BH, n, d]`` values, ``[BH, n]`` bool mask,
+    ``[H, w]`` filters), float32 and contiguous for the compiled ops.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, impl: Any
+    ) -> torch.Tensor:
+        ctx.save_for_backward(value, mask, weight)
+        ctx.impl = impl
+        return impl.sequence_conv(value, mask, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        value, mask, weight = ctx.saved_tensors
+        grad_value, grad_weight = ctx.impl.sequence_conv_backward(grad.contiguous(), value, mask, weight)
+        return grad_value, None, grad_weight, None

@@ -21,7 +21,13 @@ from typing import Literal
 import torch
 
 from src.kernels import build, ops, reference
-from src.kernels.autograd import ExactExpectation, ExpectationCumulation, LSHCumulation, RowNormalize
+from src.kernels.autograd import (
+    ExactExpectation,
+    ExpectationCumulation,
+    LSHCumulation,
+    RowNormalize,
+    SequenceConvolution,
+)
 
 Hashing = Literal["gaussian", "fast"]
 HASHINGS = ("gaussian", "fast")
@@ -205,7 +211,8 @@ def yoso_attention(
             float32 is the default (``docs/kernels.md``).
 
     Returns:
-        ``[B, H, n_q, d_v]`` in the query's dtype; padded query rows are 0.
+        ``[B, H, n_q, d_v]`` in the query's dtype, a view of a ``[B, n_q, H, d_v]``
+        tensor (heads merge without a copy); padded query rows are 0.
     """
     _validate(query, key, value)
     reference.check_hash_code_len(hash_code_len)
@@ -258,7 +265,48 @@ def yoso_attention(
                 qm.contiguous(), km.contiguous(), q, k, v, q_codes, k_codes,
                 hash_code_len, lsh_backward, impl, bf16_backward,
             )
+        y = propagate_non_finite(y, q, k, v, qm, km)
+        # The result is laid out as [B, n, H, d] and returned as a [B, H, n, d] view, so
+        # that merging the heads afterwards is a view too: the output projection then
+        # saves the very tensor the normalisation saves, not a second copy per layer.
+        y = y.reshape(batch, heads, num_queries, value_dim).transpose(1, 2).contiguous()
         if normalize_output:
             y = normalize_rows(y)
-        y = propagate_non_finite(y, q, k, v, qm, km)
-    return y.reshape(batch, heads, num_queries, value_dim).to(out_dtype)
+    return y.transpose(1, 2).to(out_dtype)
+
+
+def sequence_conv(
+    value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, backend: str | None = None
+) -> torch.Tensor:
+    """YOSO-C's depthwise convolution of the masked values along the sequence.
+
+    ``out[b, h, i] = sum_t weight[h, t] * mask[b, j] * value[b, h, j]``, ``j = i + t - w // 2``
+    (zero outside the sequence; ``conv1d``'s cross-correlation with "same" padding).
+
+    Args:
+        value: ``[B, H, n, d]``.
+        mask: ``[B, n]`` key padding mask (1 = token); padded rows count as zero.
+        weight: ``[H, w]`` filters, ``w`` odd.
+        backend: as for ``yoso_attention``; float64 always runs the reference.
+
+    Returns:
+        ``[B, H, n, d]`` in the values' dtype (computed in float32, or float64).
+
+    Why an op of its own: PyTorch's CPU depthwise convolution with a ``(w, 1)``
+    kernel, or a banded GEMM over unfolded windows, took more time than the YOSO
+    attention beside it; the compiled op slides the filter over rows in registers.
+    """
+    if value.dim() != 4 or not value.is_floating_point():
+        raise ValueError(f"value must be a floating-point [batch, heads, seq_len, head_dim] tensor, got "
+                         f"{value.dtype} {list(value.shape)}")
+    batch, heads, length, dim = value.shape
+    if weight.dim() != 2 or weight.shape[0] != heads or weight.shape[1] % 2 == 0:
+        raise ValueError(f"weight must be [heads, odd window] = [{heads}, w], got {list(weight.shape)}")
+    key_mask = as_bool_mask(mask, batch, length, value.device)
+    flat_mask = key_mask.unsqueeze(1).expand(batch, heads, length).reshape(batch * heads, length)
+    compute = torch.float64 if value.dtype == torch.float64 else torch.float32
+    impl = reference if compute == torch.float64 else select_ops(value.device, backend)
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        flat = value.to(compute).contiguous().reshape(batch * heads, length, dim)
+        out = SequenceConvolution.apply(flat, flat_mask.contiguous(), weight.to(compute).contiguous(), impl)
+    return out.reshape(batch, heads, length, dim).to(value.dtype)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from src.kernels import build
+from src.kernels import build, reference
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -112,6 +112,30 @@ def _(query_mask, query_codes, query, key_mask, key_codes, key, value, grad, has
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
+@torch.library.custom_op("yoso::sequence_conv", mutates_args=())
+def sequence_conv(value: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
+    """YOSO-C's depthwise convolution along the sequence (``reference.sequence_conv``)."""
+    raise _no_kernel(value)
+
+
+@sequence_conv.register_fake
+def _(value, mask, weight):
+    return torch.empty_like(value)
+
+
+@torch.library.custom_op("yoso::sequence_conv_backward", mutates_args=())
+def sequence_conv_backward(
+    grad: Tensor, value: Tensor, mask: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(grad_value, grad_weight)`` of ``sequence_conv`` (``reference.sequence_conv_backward``)."""
+    raise _no_kernel(value)
+
+
+@sequence_conv_backward.register_fake
+def _(grad, value, mask, weight):
+    return torch.empty_like(value), torch.empty_like(weight)
+
+
 def _kernel(device_type: str, name: str) -> Callable:
     def run(*args):
         return getattr(build.extension(device_type), name)(*args)
@@ -124,6 +148,14 @@ for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, l
     _name = _op._name.split("::")[-1]
     for _device in DEVICE_TYPES:
         _op.register_kernel(_device, _kernel(_device, _name))
+
+# The convolution is compiled for the CPU only, where PyTorch's depthwise path is
+# slow; on CUDA it runs the reference's shifted sums (memory-bound elementwise
+# passes, which a GPU does well) until a profile there says otherwise.
+for _op, _reference in ((sequence_conv, reference.sequence_conv),
+                        (sequence_conv_backward, reference.sequence_conv_backward)):
+    _op.register_kernel("cpu", _kernel("cpu", _op._name.split("::")[-1]))
+    _op.register_kernel("cuda", _reference)
 
 
 def bf16_supported() -> bool:

@@ -360,3 +360,41 @@ def lsh_backward(
         key_mask, key_codes, value, query_mask, query_codes, grad, query, hash_code_len
     )
     return grad_query * half_tau, grad_key * half_tau, grad_value
+
+
+def sequence_conv(value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """YOSO-C's depthwise convolution along the sequence, ``[BH, n, d]``.
+
+    ``out_i = sum_t weight[b % H, t] * mask_j v_j`` with ``j = i + t - w // 2`` and
+    rows outside ``[0, n)`` zero (a "same" convolution, i.e. cross-correlation as in
+    ``conv1d``); ``weight`` is ``[H, w]`` (``w`` odd), one filter per head, batch-head
+    ``b`` using filter ``b % H``. Masked rows count as zero, also when they hold NaN.
+    """
+    heads, window = weight.shape
+    length, half = value.shape[1], window // 2
+    masked = torch.where(mask.unsqueeze(-1), value, 0.0)
+    padded = torch.nn.functional.pad(masked, (0, 0, half, half))
+    taps = weight.repeat(value.shape[0] // heads, 1)  # [BH, w]
+    out = torch.zeros_like(value)
+    for t in range(window):
+        out += taps[:, t, None, None] * padded[:, t : t + length]
+    return out
+
+
+def sequence_conv_backward(
+    grad: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_value, grad_weight)`` of ``sequence_conv`` for the output gradient ``grad``.
+
+    ``grad_value`` is the flipped filter slid over ``grad``, zero on masked rows;
+    ``grad_weight[h, t] = sum over b of head h, i: grad_i . mask_j v_j``.
+    """
+    heads, window = weight.shape
+    length, half = value.shape[1], window // 2
+    everywhere = torch.ones_like(mask)
+    grad_value = sequence_conv(grad, everywhere, weight.flip(-1))
+    grad_value = torch.where(mask.unsqueeze(-1), grad_value, 0.0)
+    padded = torch.nn.functional.pad(torch.where(mask.unsqueeze(-1), value, 0.0), (0, 0, half, half))
+    per_tap = torch.stack([(grad * padded[:, t : t + length]).sum((1, 2)) for t in range(window)], -1)
+    grad_weight = per_tap.reshape(-1, heads, window).sum(0)
+    return grad_value, grad_weight

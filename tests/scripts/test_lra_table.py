@@ -68,3 +68,18 @@ def test_no_runs_gives_the_reference_row_only(tmp_path, capsys):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1].startswith("| softmax (reference harness) |") and len(rows) == 3  # two headers + reference
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_curve_counts_the_time_before_the_resume(tmp_path):
+    """Validation points are placed at the logged training time, not at the new process's clock."""
+    logs = tmp_path / "logs"
+    write_run(logs / "listops/softmax/version_1",
+              {"val/acc": [(2000, 0.36, 5), (2500, 0.37, 600)], "test/acc": [(2500, 0.37, 610)],
+               "resources/train_time_s": [(2000, 4000.0, 5), (2500, 4600.0, 600)]})
+    write_run(logs / "listops/yoso_c_16/version_0", {"val/acc": [(10, 0.3, 30)], "test/acc": [(10, 0.3, 40)]})
+    runs = lra_table.find_runs(logs)
+    curve = runs[("listops", "softmax")].val_curve  # event files store float32
+    assert [s for s, _ in curve] == [4000.0, 4600.0] and [round(a, 4) for _, a in curve] == [0.36, 0.37]
+    assert runs[("listops", "softmax")].train_time_s == 4600.0
+    (seconds, acc), = runs[("listops", "yoso_c_16")].val_curve  # no train_time_s: wall time
+    assert abs(seconds - 30) < 1 and abs(acc - 0.3) < 1e-6

@@ -9,6 +9,8 @@
 //                  value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
 //   lsh_weighted_cumulation(qmask, qcodes, qweight f32[BH,nq,w], kmask, kcodes,
 //                           kweight f32[BH,nk,w], value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
+//   sequence_conv(value f32[BH,n,d], mask b[BH,n], weight f32[H,w]) -> f32[BH,n,d]  (CPU only)
+//   sequence_conv_backward(grad, value, mask, weight) -> (grad_value, grad_weight f32[H,w])
 // Semantics are those of the functions with the same names in reference.py.
 
 // Only the headers needed (not <torch/extension.h>): the JIT build of this file
@@ -16,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -209,6 +212,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lsh_backward(
   return {grad_query, grad_key, grad_value};
 }
 
+// Shared checks of the convolution's operands; returns the filter width.
+int64_t check_conv(const at::Tensor& value, const at::Tensor& mask, const at::Tensor& weight) {
+  check_tensor(value, "value", at::kFloat, 3);
+  check_tensor(mask, "mask", at::kBool, 2);
+  check_tensor(weight, "weight", at::kFloat, 2);
+  const int64_t bh = value.size(0), n = value.size(1), heads = weight.size(0), w = weight.size(1);
+  TORCH_CHECK(mask.size(0) == bh && mask.size(1) == n, "yoso_cpu: mask ", mask.sizes(),
+              " does not match value ", value.sizes());
+  TORCH_CHECK(heads >= 1 && bh % heads == 0, "yoso_cpu: weight has ", heads,
+              " filters, which does not divide the ", bh, " batch-heads of value");
+  TORCH_CHECK(w >= 1 && w % 2 == 1, "yoso_cpu: the filter width must be odd, got ", w);
+  return w;
+}
+
+at::Tensor sequence_conv(const at::Tensor& value, const at::Tensor& mask, const at::Tensor& weight) {
+  const int64_t w = check_conv(value, mask, weight);
+  at::Tensor out = at::empty_like(value);
+  yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
+                                  weight.data_ptr<float>(), nullptr, out.data_ptr<float>(),
+                                  value.size(0), value.size(1), value.size(2), weight.size(0), w};
+  {
+    pybind11::gil_scoped_release no_gil;
+    yoso_cpu::sequence_conv(args);
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> sequence_conv_backward(const at::Tensor& grad,
+                                                          const at::Tensor& value,
+                                                          const at::Tensor& mask,
+                                                          const at::Tensor& weight) {
+  const int64_t w = check_conv(value, mask, weight);
+  check_tensor(grad, "grad", at::kFloat, 3);
+  TORCH_CHECK(grad.sizes() == value.sizes(), "yoso_cpu: grad ", grad.sizes(),
+              " does not match value ", value.sizes());
+  at::Tensor grad_value = at::empty_like(value);
+  at::Tensor grad_weight = at::empty_like(weight);
+  yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
+                                  weight.data_ptr<float>(), grad.data_ptr<float>(),
+                                  grad_value.data_ptr<float>(), value.size(0), value.size(1),
+                                  value.size(2), weight.size(0), w};
+  {
+    pybind11::gil_scoped_release no_gil;
+    yoso_cpu::sequence_conv_backward(args, grad_weight.data_ptr<float>());
+  }
+  return {grad_value, grad_weight};
+}
+
 bool set_isa(const std::string& name) { return yoso_cpu::set_isa(name.c_str()); }
 
 }  // namespace
@@ -233,6 +284,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("key"),
         pybind11::arg("value"), pybind11::arg("grad"), pybind11::arg("hash_code_len"),
         pybind11::arg("bf16") = false);
+  m.def("sequence_conv", &sequence_conv,
+        "Depthwise convolution along the sequence of the masked values (YOSO-C)",
+        pybind11::arg("value"), pybind11::arg("mask"), pybind11::arg("weight"));
+  m.def("sequence_conv_backward", &sequence_conv_backward,
+        "(grad_value, grad_weight) of sequence_conv", pybind11::arg("grad"),
+        pybind11::arg("value"), pybind11::arg("mask"), pybind11::arg("weight"));
   m.def("bf16_supported", &yoso_cpu::bf16_supported,
         "True when lsh_backward(bf16=True) runs bf16 contractions (AVX512-BF16) on this CPU");
   m.def("active_isa", [] { return std::string(yoso_cpu::active_isa()); },

@@ -105,6 +105,10 @@ struct IsaKernels {
   // The backward with bf16 contractions; null in variants without AVX512-BF16.
   bool (*backward_bf16)(const BackwardArgs&, int64_t b, int64_t h0, int64_t h1, float* dq,
                         float* dk, float* dv, const BackwardScratch& s);
+  // The sequence convolution on rows [r0, r1) of batch-head b (see yoso_cpu_isa.inc).
+  void (*conv_forward)(const SequenceConvArgs&, int64_t b, int64_t r0, int64_t r1, float* scratch);
+  void (*conv_backward)(const SequenceConvArgs&, int64_t b, int64_t r0, int64_t r1, float* scratch,
+                        float* weight_partial);
 };
 
 }  // namespace detail
@@ -543,6 +547,58 @@ bool lsh_backward(const BackwardArgs& args) {
     }
   }
   return ok.load();
+}
+
+namespace {
+
+constexpr int64_t CONV_BLOCK_ROWS = 128;  // sequence rows per convolution task
+
+// Per-thread scratch floats of a convolution task (see yoso_cpu_isa.inc).
+int64_t conv_scratch_floats(const SequenceConvArgs& a) {
+  const int64_t dp = detail::round_up(a.d, detail::PAD);
+  return 2 * (CONV_BLOCK_ROWS + a.w - 1) * dp + 4 * dp + a.w;
+}
+
+// Runs task(b, r0, r1, unit, scratch) over (batch-head, row block) units.
+template <typename Task>
+void conv_units(const SequenceConvArgs& a, const Task& task) {
+  const int64_t blocks = (a.n + CONV_BLOCK_ROWS - 1) / CONV_BLOCK_ROWS;
+  const int64_t units = a.bh * blocks, floats = conv_scratch_floats(a);
+  detail::parallel_units(units, detail::team_size(units), [&](int64_t u, int64_t) {
+    thread_local std::vector<float> scratch;
+    const int64_t b = u / blocks, r0 = (u % blocks) * CONV_BLOCK_ROWS;
+    const int64_t r1 = r0 + CONV_BLOCK_ROWS < a.n ? r0 + CONV_BLOCK_ROWS : a.n;
+    task(b, r0, r1, u, detail::thread_buffer(scratch, floats));
+  });
+}
+
+}  // namespace
+
+void sequence_conv(const SequenceConvArgs& args) {
+  if (args.bh == 0 || args.n == 0 || args.d == 0) return;
+  const detail::IsaKernels& kernels = isa();
+  conv_units(args, [&](int64_t b, int64_t r0, int64_t r1, int64_t, float* scratch) {
+    kernels.conv_forward(args, b, r0, r1, scratch);
+  });
+}
+
+void sequence_conv_backward(const SequenceConvArgs& args, float* grad_weight) {
+  for (int64_t e = 0; e < args.heads * args.w; ++e) grad_weight[e] = 0.f;
+  if (args.bh == 0 || args.n == 0 || args.d == 0) return;
+  const int64_t blocks = (args.n + CONV_BLOCK_ROWS - 1) / CONV_BLOCK_ROWS;
+  // One filter-gradient row per task, summed below in task order: the result does
+  // not depend on which thread ran which task.
+  std::vector<float> partial(static_cast<size_t>(args.bh * blocks * args.w), 0.f);
+  const detail::IsaKernels& kernels = isa();
+  conv_units(args, [&](int64_t b, int64_t r0, int64_t r1, int64_t u, float* scratch) {
+    kernels.conv_backward(args, b, r0, r1, scratch, partial.data() + u * args.w);
+  });
+  std::vector<double> sums(static_cast<size_t>(args.heads * args.w), 0.0);
+  for (int64_t u = 0; u < args.bh * blocks; ++u) {
+    double* row = sums.data() + ((u / blocks) % args.heads) * args.w;
+    for (int64_t t = 0; t < args.w; ++t) row[t] += partial[static_cast<size_t>(u * args.w + t)];
+  }
+  for (int64_t e = 0; e < args.heads * args.w; ++e) grad_weight[e] = static_cast<float>(sums[e]);
 }
 
 const char* active_isa() { return isa().name; }

@@ -67,6 +67,18 @@ struct BackwardArgs {
   bool bf16;
 };
 
+// YOSO-C's depthwise convolution along the sequence (reference.sequence_conv):
+//   out[b, i] = sum_t weight[b % heads, t] * (mask[b, j] ? value[b, j] : 0),
+//   j = i + t - w / 2, rows outside [0, n) counting as zero; w odd.
+struct SequenceConvArgs {
+  const float* value;  // [BH, n, d]
+  const bool* mask;    // [BH, n]: false rows of value count as zero (NaN there too)
+  const float* weight; // [heads, w]: batch-head b uses row b % heads
+  const float* grad;   // backward: [BH, n, d] gradient of out; null in the forward
+  float* out;          // forward: out [BH, n, d]; backward: grad_value [BH, n, d]
+  int64_t bh, n, d, heads, w;
+};
+
 void hash_gaussian(const HashGaussianArgs& args);
 void hash_fast(const HashFastArgs& args);
 // The cumulations return false (output unspecified) if a code is outside
@@ -74,6 +86,11 @@ void hash_fast(const HashFastArgs& args);
 bool lsh_cumulation(const CumulationArgs& args);
 bool lsh_weighted_cumulation(const WeightedArgs& args);
 bool lsh_backward(const BackwardArgs& args);
+
+void sequence_conv(const SequenceConvArgs& args);
+// grad_weight: [heads, w], written (summed over batch and rows in a fixed order,
+// so the result is deterministic for any thread count's work split).
+void sequence_conv_backward(const SequenceConvArgs& args, float* grad_weight);
 
 // True when lsh_backward's bf16 option runs bf16 contractions on this CPU
 // (AVX512-BF16 present and the active variant has them).

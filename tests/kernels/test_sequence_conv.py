@@ -1,0 +1,184 @@
+"""YOSO-C's sequence convolution: the reference against ``conv1d`` and autograd, the
+compiled op against the reference (every CPU variant), masks, determinism, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.kernels import build, ops
+from src.kernels import reference as ref
+from src.kernels.autograd import SequenceConvolution
+from src.kernels.interface import sequence_conv
+from tests.kernels.cpu_isas import each_cpu_isa
+
+SUM_RTOL = 3e-5  # relative to the sum of absolute terms: float32 sums in any order
+CUDA_MARKS = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+# (BH, heads, n, d, w): widths below, at and above a vector and not multiples of 16;
+# sequences shorter than the filter, one row, several row blocks with a tail.
+CASES = [
+    (2, 1, 1, 1, 1),
+    (2, 2, 5, 7, 9),
+    (4, 2, 300, 32, 31),
+    (3, 3, 129, 20, 3),
+    (2, 2, 200, 64, 65),
+    (2, 1, 257, 100, 31),
+    (6, 2, 40, 16, 35),
+]
+CASE_IDS = ["bh{}-h{}-n{}-d{}-w{}".format(*case) for case in CASES]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA_MARKS)], scope="module")
+def device(request) -> torch.device:
+    if request.param == "cpu":
+        try:
+            build.extension("cpu")
+        except RuntimeError as error:
+            pytest.skip(str(error))
+    return torch.device(request.param)
+
+
+def random_case(case, seed: int, dtype=torch.float32, device="cpu"):
+    bh, heads, n, d, w = case
+    g = torch.Generator().manual_seed(seed)
+    value = torch.randn(bh, n, d, generator=g, dtype=dtype)
+    mask = torch.rand(bh, n, generator=g) > 0.25
+    weight = torch.randn(heads, w, generator=g, dtype=dtype)
+    grad = torch.randn(bh, n, d, generator=g, dtype=dtype)
+    return [t.to(device) for t in (value, mask, weight, grad)]
+
+
+def assert_sums_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype == torch.float32
+    error = (got - want).abs()
+    allowed = SUM_RTOL * bound + 1e-6
+    assert bool((error <= allowed).all()), f"max error {error.max().item():.3g}"
+
+
+def check_op(value, mask, weight, grad) -> None:
+    """Forward and both gradients of the compiled op against the reference."""
+    assert_sums_close(ops.sequence_conv(value, mask, weight), ref.sequence_conv(value, mask, weight),
+                      ref.sequence_conv(value.abs(), mask, weight.abs()))
+    got = ops.sequence_conv_backward(grad, value, mask, weight)
+    want = ref.sequence_conv_backward(grad, value, mask, weight)
+    bound = ref.sequence_conv_backward(grad.abs(), value.abs(), mask, weight.abs())
+    for g, w, b in zip(got, want, bound):
+        assert_sums_close(g, w, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_reference_is_a_depthwise_conv1d_of_the_masked_values(case):
+    """Independent definition: ``conv1d`` with groups = heads over zeroed padded rows."""
+    value, mask, weight, _ = random_case(case, seed=1, dtype=torch.float64)
+    bh, heads, n, d, w = case
+    masked = value * mask[..., None]
+    rows = masked.reshape(bh // heads, heads, n, d).permute(0, 3, 1, 2).reshape(-1, heads, n)
+    want = F.conv1d(rows, weight[:, None, :], padding=w // 2, groups=heads)
+    want = want.reshape(bh // heads, d, heads, n).permute(0, 2, 3, 1).reshape(bh, n, d)
+    torch.testing.assert_close(ref.sequence_conv(value, mask, weight), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_reference_backward_is_the_derivative(case):
+    """The explicit backward formulas equal autograd through the reference forward (float64)."""
+    value, mask, weight, grad = random_case(case, seed=2, dtype=torch.float64)
+    value.requires_grad_(True)
+    weight.requires_grad_(True)
+    want = torch.autograd.grad(ref.sequence_conv(value, mask, weight), (value, weight), grad)
+    got = ref.sequence_conv_backward(grad, value.detach(), mask, weight.detach())
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_op_matches_reference(device, case):
+    check_op(*random_case(case, seed=sum(case), device=device))
+
+
+def test_every_cpu_isa_variant():
+    for _ in each_cpu_isa():
+        for case in (CASES[1], CASES[2], CASES[5]):
+            check_op(*random_case(case, seed=7))
+
+
+def test_masked_rows_are_ignored_even_when_not_finite(device):
+    value, mask, weight, grad = random_case((4, 2, 150, 24, 31), seed=3, device=device)
+    poisoned = value.masked_fill(~mask[..., None], float("nan"))
+    out = ops.sequence_conv(poisoned, mask, weight)
+    assert torch.equal(out, ops.sequence_conv(value, mask, weight))
+    grad_value, grad_weight = ops.sequence_conv_backward(grad, poisoned, mask, weight)
+    assert bool(torch.isfinite(grad_weight).all())
+    assert not grad_value[~mask].any(), "padded rows get no gradient"
+
+
+def test_filter_gradient_does_not_depend_on_thread_count():
+    try:
+        build.extension("cpu")
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    value, mask, weight, grad = random_case((6, 2, 700, 32, 31), seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.sequence_conv_backward(grad, value, mask, weight)
+        torch.set_num_threads(2)
+        two = ops.sequence_conv_backward(grad, value, mask, weight)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_entry_point_gradients_and_dtypes(device):
+    """``sequence_conv`` on [B, H, n, d]: float64 via the reference passes gradcheck; bf16 in, bf16 out."""
+    g = torch.Generator().manual_seed(5)
+    value = torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64).to(device)
+    weight = torch.randn(3, 5, generator=g, dtype=torch.float64).to(device)
+    mask = torch.tensor([[1] * 11, [1] * 7 + [0] * 4]).to(device)
+    value.requires_grad_(True)
+    weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v, w: sequence_conv(v, mask, w), (value, weight))
+    out32 = sequence_conv(value.detach().float(), mask, weight.detach().float())
+    out16 = sequence_conv(value.detach().bfloat16(), mask, weight.detach().float())
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), out32, rtol=2e-2, atol=5e-2)
+    flat_value = value.detach().float().reshape(6, 11, 4)
+    flat_mask = mask.bool()[:, None, :].expand(2, 3, 11).reshape(6, 11)
+    want = SequenceConvolution.apply(flat_value, flat_mask, weight.detach().float(), ref)
+    torch.testing.assert_close(out32.reshape(6, 11, 4), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_are_refused_with_the_reason():
+    value = torch.randn(2, 3, 10, 4)
+    with pytest.raises(ValueError, match="odd window"):
+        sequence_conv(value, None, torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"\[3, w\]"):
+        sequence_conv(value, None, torch.randn(2, 5))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        sequence_conv(value, torch.ones(2, 9), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="head_dim"):
+        sequence_conv(value[0], None, torch.randn(3, 5))
+    try:
+        extension = build.extension("cpu")
+    except RuntimeError:
+        return
+    flat, mask = value.reshape(6, 10, 4), torch.ones(6, 10, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="does not divide"):
+        extension.sequence_conv(flat, mask, torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match="odd"):
+        extension.sequence_conv(flat, mask, torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="mask"):
+        extension.sequence_conv(flat, mask[:, :9].contiguous(), torch.randn(3, 5))
+
+
+def test_ops_pass_opcheck(device):
+    """The fake kernels agree with the real ones (shapes, dtypes) for torch.compile."""
+    from torch.library import opcheck
+
+    value, mask, weight, grad = random_case((4, 2, 70, 24, 7), seed=6, device=device)
+    opcheck(ops.sequence_conv, (value, mask, weight))
+    opcheck(ops.sequence_conv_backward, (grad, value, mask, weight))
