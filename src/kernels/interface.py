@@ -185,6 +185,7 @@ def yoso_attention(
     normalize_output: bool = True,
     exact_gradient: bool = False,
     backward_precision: Precision = "float32",
+    conv_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """YOSO attention ``normalize(Y)`` with ``Y_i = sum_j M_j B(q_i, k_j) v_j``.
 
@@ -209,6 +210,10 @@ def yoso_attention(
             (``ops.bf16_supported()``; float32 elsewhere); its error is far below the
             estimator's ~1/sqrt(m) noise, but on the CPU measured it is no faster, so
             float32 is the default (``docs/kernels.md``).
+        conv_weight: YOSO-C: ``[H, w]`` filters (``w`` odd) of a depthwise convolution
+            along the sequence of the masked values (``sequence_conv``), added to the
+            output. Computed here on the zeroed values the attention saves anyway, so
+            that the convolution costs no copy of ``V`` and no second saved one.
 
     Returns:
         ``[B, H, n_q, d_v]`` in the query's dtype, a view of a ``[B, n_q, H, d_v]``
@@ -222,6 +227,16 @@ def yoso_attention(
         raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
     if backward_precision not in PRECISIONS:
         raise ValueError(f"backward_precision must be one of {PRECISIONS}, got {backward_precision!r}")
+    if conv_weight is not None and (
+        conv_weight.dim() != 2 or conv_weight.shape[0] != query.shape[1] or conv_weight.shape[1] % 2 == 0
+    ):
+        raise ValueError(
+            f"conv_weight must be [heads, odd window] = [{query.shape[1]}, w], got {list(conv_weight.shape)}"
+        )
+    if conv_weight is not None and query.shape[2] != key.shape[2]:
+        raise ValueError(
+            f"conv_weight needs as many queries as keys, got {query.shape[2]} and {key.shape[2]}"
+        )
     if exact_gradient and not expectation:
         raise ValueError("exact_gradient=True needs expectation=True (sampling has no exact gradient)")
     batch, heads, num_queries, head_dim = query.shape
@@ -272,6 +287,10 @@ def yoso_attention(
         y = y.reshape(batch, heads, num_queries, value_dim).transpose(1, 2).contiguous()
         if normalize_output:
             y = normalize_rows(y)
+        if conv_weight is not None:
+            conv_ops = select_ops(query.device, backend)
+            conv = SequenceConvolution.apply(v, km.contiguous(), conv_weight.float().contiguous(), conv_ops)
+            y = y + conv.reshape(batch, heads, num_keys, value_dim).transpose(1, 2)
     return y.transpose(1, 2).to(out_dtype)
 
 

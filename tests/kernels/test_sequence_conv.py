@@ -182,3 +182,31 @@ def test_ops_pass_opcheck(device):
     value, mask, weight, grad = random_case((4, 2, 70, 24, 7), seed=6, device=device)
     opcheck(ops.sequence_conv, (value, mask, weight))
     opcheck(ops.sequence_conv_backward, (grad, value, mask, weight))
+
+
+def test_yoso_attention_adds_the_convolution_of_the_masked_values():
+    """``conv_weight`` = the attention with the same hashes plus ``sequence_conv``; gradients too."""
+    from src.kernels.interface import yoso_attention
+
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=g, requires_grad=True) for _ in range(3))
+    weight = torch.randn(3, 5, generator=g, requires_grad=True)
+    mask = torch.ones(2, 40)
+    mask[1, 25:] = 0
+    kwargs = dict(num_hashes=4, hash_code_len=5)
+    torch.manual_seed(0)
+    got = yoso_attention(q, k, v, mask, conv_weight=weight, **kwargs)
+    torch.manual_seed(0)
+    want = yoso_attention(q, k, v, mask, **kwargs) + sequence_conv(v, mask, weight)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(got.shape, generator=g)
+    grads = torch.autograd.grad(got, (q, k, v, weight), upstream)
+    wanted = torch.autograd.grad(want, (q, k, v, weight), upstream)
+    for a, b in zip(grads, wanted):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    merged = got.transpose(1, 2)  # heads merge without a copy
+    assert merged.is_contiguous()
+    with pytest.raises(ValueError, match="odd window"):
+        yoso_attention(q, k, v, mask, conv_weight=torch.randn(3, 4), **kwargs)
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        yoso_attention(q[:, :, :30], k, v, mask, conv_weight=weight, **kwargs)

@@ -92,9 +92,8 @@ class YOSOAttention(nn.Module):
             hashing=self.hashing,
             backend=self.backend,
             backward_precision=self.backward_precision,
+            conv_weight=self.conv.weight if self.conv is not None else None,
         )
-        if self.conv is not None:
-            out = out + self.conv(v, as_bool_mask(mask, v.shape[0], v.shape[2], v.device))
         return out
 
     def extra_repr(self) -> str:
