@@ -68,9 +68,15 @@ def _val_curve(events: EventAccumulator, start: float) -> list[tuple[float, floa
     tags = events.Tags()["scalars"]
     if "val/acc" not in tags:
         return []
-    trained = {e.step: e.value for e in events.Scalars("resources/train_time_s")} \
-        if "resources/train_time_s" in tags else {}
-    return [(trained.get(e.step, e.wall_time - start), e.value) for e in events.Scalars("val/acc")]
+    trained = [(e.step, e.value) for e in events.Scalars("resources/train_time_s")] \
+        if "resources/train_time_s" in tags else []
+    points = []
+    for e in events.Scalars("val/acc"):
+        # The monitor logs at the trainer's step after the validation, which Lightning's
+        # metric logging numbers one lower: take the first time logged at or after it.
+        after = [value for step, value in trained if e.step <= step <= e.step + 1]
+        points.append((after[0] if after else e.wall_time - start, e.value))
+    return points
 
 
 def read_run(path: Path, task: str, attention: str, version: int) -> Run | None:

@@ -71,10 +71,11 @@ def test_no_runs_gives_the_reference_row_only(tmp_path, capsys):
 
 
 def test_a_resumed_runs_curve_counts_the_time_before_the_resume(tmp_path):
-    """Validation points are placed at the logged training time, not at the new process's clock."""
+    """Validation points are placed at the training time logged with them (one step later, as
+    Lightning numbers them), not at the new process's clock."""
     logs = tmp_path / "logs"
     write_run(logs / "listops/softmax/version_1",
-              {"val/acc": [(2000, 0.36, 5), (2500, 0.37, 600)], "test/acc": [(2500, 0.37, 610)],
+              {"val/acc": [(1999, 0.36, 5), (2499, 0.37, 600)], "test/acc": [(2500, 0.37, 610)],
                "resources/train_time_s": [(2000, 4000.0, 5), (2500, 4600.0, 600)]})
     write_run(logs / "listops/yoso_c_16/version_0", {"val/acc": [(10, 0.3, 30)], "test/acc": [(10, 0.3, 40)]})
     runs = lra_table.find_runs(logs)
