@@ -152,6 +152,12 @@ def _validate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> No
         raise ValueError("sequence lengths and head dims must be >= 1")
 
 
+def _check_filters(weight: torch.Tensor, heads: int, name: str) -> None:
+    """The convolution's filters must be ``[heads, odd window]``."""
+    if weight.dim() != 2 or weight.shape[0] != heads or weight.shape[1] % 2 == 0:
+        raise ValueError(f"{name} must be [heads, odd window] = [{heads}, w], got {list(weight.shape)}")
+
+
 def propagate_non_finite(
     y: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qm: torch.Tensor, km: torch.Tensor
 ) -> torch.Tensor:
@@ -227,12 +233,8 @@ def yoso_attention(
         raise ValueError(f"hashing must be one of {HASHINGS}, got {hashing!r}")
     if backward_precision not in PRECISIONS:
         raise ValueError(f"backward_precision must be one of {PRECISIONS}, got {backward_precision!r}")
-    if conv_weight is not None and (
-        conv_weight.dim() != 2 or conv_weight.shape[0] != query.shape[1] or conv_weight.shape[1] % 2 == 0
-    ):
-        raise ValueError(
-            f"conv_weight must be [heads, odd window] = [{query.shape[1]}, w], got {list(conv_weight.shape)}"
-        )
+    if conv_weight is not None:
+        _check_filters(conv_weight, query.shape[1], "conv_weight")
     if conv_weight is not None and query.shape[2] != key.shape[2]:
         raise ValueError(
             f"conv_weight needs as many queries as keys, got {query.shape[2]} and {key.shape[2]}"
@@ -319,8 +321,7 @@ def sequence_conv(
         raise ValueError(f"value must be a floating-point [batch, heads, seq_len, head_dim] tensor, got "
                          f"{value.dtype} {list(value.shape)}")
     batch, heads, length, dim = value.shape
-    if weight.dim() != 2 or weight.shape[0] != heads or weight.shape[1] % 2 == 0:
-        raise ValueError(f"weight must be [heads, odd window] = [{heads}, w], got {list(weight.shape)}")
+    _check_filters(weight, heads, "weight")
     key_mask = as_bool_mask(mask, batch, length, value.device)
     flat_mask = key_mask.unsqueeze(1).expand(batch, heads, length).reshape(batch * heads, length)
     compute = torch.float64 if value.dtype == torch.float64 else torch.float32
