@@ -24,18 +24,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import MALLOC_POLICIES, reexec_with_allocator  # noqa: E402
 from src.kernels import ops  # noqa: E402
 from src.models.components.attention import YOSOAttention  # noqa: E402
 
 
-def median_ms(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def paired_ms(first: Callable[[], None], second: Callable[[], None], pairs: int) -> tuple[list, list]:
+    """Wall times (ms) of ``pairs`` steps of each, alternating step by step after a warm-up.
+
+    Why alternate single steps: the layer's time drifts by +-10 % over seconds (page
+    faults of fresh allocations, the other core's load); a difference taken within
+    each adjacent pair cancels that drift, medians of separate blocks did not.
+    """
+    first(), second()  # warm-up (the extension build, the allocator's first growth)
+    times: tuple[list, list] = ([], [])
+    for _ in range(pairs):
+        for step, out in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            step()
+            out.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hash-code-len", type=int, default=11)
     parser.add_argument("--num-hashes", type=int, default=16)
     parser.add_argument("--window", type=int, default=31)
-    parser.add_argument("--repeats", type=int, default=7, help="timed steps per round (median)")
-    parser.add_argument("--rounds", type=int, default=7, help="alternations of the two layers")
+    parser.add_argument("--pairs", type=int, default=41, help="alternating steps of the two layers")
+    parser.add_argument("--malloc", default="heap", choices=list(MALLOC_POLICIES),
+                        help="allocator policy (benchmarks/harness.py); 'heap' avoids page-fault noise")
     args = parser.parse_args(argv)
+    reexec_with_allocator(args.malloc)
 
     torch.manual_seed(0)
     b, h, n, d = args.batch, args.heads, args.length, args.head_dim
@@ -71,13 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             layer(heads(q), heads(k), heads(v), mask).sum().backward()
         return run
 
-    layer_ms, plain_ms = [], []
-    for _ in range(args.rounds):  # alternate, so that both see the same machine state
-        layer_ms.append(median_ms(step(with_conv), args.repeats))
-        plain_ms.append(median_ms(step(without), args.repeats))
+    layer_ms, plain_ms = paired_ms(step(with_conv), step(without), args.pairs)
     layer_t, plain_t = statistics.median(layer_ms), statistics.median(plain_ms)
-    added = sorted(c - p for c, p in zip(layer_ms, plain_ms))  # per round
+    added = [c - p for c, p in zip(layer_ms, plain_ms)]  # per adjacent pair
     conv_t = statistics.median(added)
+    low, _, high = statistics.quantiles(added, n=4)
 
     # The op pair alone (what the compiled kernels do), on contiguous [BH, n, d] values.
     value = torch.randn(b * h, n, d)
@@ -89,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         ops.sequence_conv(value, flat_mask, weight)
         ops.sequence_conv_backward(grad, value, flat_mask, weight)
 
-    ops_t = median_ms(op_pair, args.repeats)
+    ops_t = statistics.median(paired_ms(op_pair, op_pair, args.pairs)[0])
     print(f"n={n} B={b} H={h} d={d} tau={args.hash_code_len} m={args.num_hashes} window={args.window}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator policy {args.malloc}")
     print(f"YOSO-C layer fwd+bwd: {layer_t:.1f} ms, without the convolution {plain_t:.1f} ms: "
           f"the convolution adds {conv_t:.1f} ms = {100 * conv_t / layer_t:.1f} % of the layer "
-          f"(median of {args.rounds} rounds; range {added[0]:.1f} to {added[-1]:.1f} ms)")
+          f"(median of {args.pairs} adjacent pairs; quartiles {low:.1f} to {high:.1f} ms)")
     print(f"the sequence_conv op pair alone (forward + backward): {ops_t:.1f} ms = "
           f"{100 * ops_t / layer_t:.1f} % of the layer")
     return 0

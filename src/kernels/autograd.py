@@ -55,17 +55,68 @@ class RowNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        inverse = torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        inverse = _inverse_row_norms(x)
         y = x * inverse
         ctx.save_for_backward(y, inverse)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        y, inverse = ctx.saved_tensors
-        along = torch.linalg.vecdot(grad, y, dim=-1).unsqueeze(-1)
-        return torch.addcmul(grad, y, along, value=-1.0).mul_(inverse)
+        return _normalize_backward(grad, *ctx.saved_tensors)
+
+
+def _inverse_row_norms(x: torch.Tensor) -> torch.Tensor:
+    """``1 / ||x_i||`` per row (keepdim), 0 for an all-zero row."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+
+
+def _normalize_backward(grad: torch.Tensor, rows: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``x / ||x||`` from the normalised ``rows`` and ``inverse`` norms."""
+    along = torch.linalg.vecdot(grad, rows, dim=-1).unsqueeze(-1)
+    return torch.addcmul(grad, rows, along, value=-1.0).mul_(inverse)
+
+
+class ConvolvedOutput(torch.autograd.Function):
+    """YOSO-C's output ``normalize(y) + sequence_conv(v)`` (or ``y + conv``), saving only the sum.
+
+    Why a Function: the output projection saves the sum anyway, but ``RowNormalize``
+    followed by an add would also keep the normalised rows, one ``[B, n, H, d]``
+    tensor per layer more than YOSO-m. Here the backward gets those rows back as
+    ``sum - conv``, recomputing the convolution (the compiled op, a few % of the
+    layer). The op reads and writes the ``[B, n, H, d]`` layout itself and scales and
+    adds in the same pass: no convolution tensor, no normalising or add pass, no
+    transposed copy of the gradient.
+
+    ``y``: ``[B, n, H, d]`` contiguous; ``value``: ``[BH, n, d]``; ``mask``:
+    ``[BH, n]`` bool; ``weight``: ``[H, w]``; ``impl``: ``ops`` or ``reference``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        y: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor,
+        weight: torch.Tensor,
+        normalize: bool,
+        impl: Any,
+    ) -> torch.Tensor:
+        inverse = _inverse_row_norms(y) if normalize else None
+        out = impl.sequence_conv_add(y, inverse, value, mask, weight)  # y * inverse + conv, one pass
+        ctx.save_for_backward(out, inverse, value, mask, weight)
+        ctx.impl = impl
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        out, inverse, value, mask, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_value, grad_weight = ctx.impl.sequence_conv_backward(grad, value, mask, weight)
+        if inverse is None:
+            return grad, grad_value, None, grad_weight, None, None
+        rows = ctx.impl.sequence_conv_add(out, None, value, mask, -weight)  # normalised rows: sum - conv
+        return _normalize_backward(grad, rows, inverse), grad_value, None, grad_weight, None, None
 
 
 class ExpectationCumulation(torch.autograd.Function):

@@ -22,6 +22,7 @@ import torch
 
 from src.kernels import build, ops, reference
 from src.kernels.autograd import (
+    ConvolvedOutput,
     ExactExpectation,
     ExpectationCumulation,
     LSHCumulation,
@@ -31,8 +32,8 @@ from src.kernels.autograd import (
 
 Hashing = Literal["gaussian", "fast"]
 HASHINGS = ("gaussian", "fast")
-Precision = Literal["float32", "bfloat16"]
-PRECISIONS = ("float32", "bfloat16")
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS = ("auto", "float32", "bfloat16")
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 BACKEND_ENV_VAR = "YOSO_BACKEND"
 _WARNED: set[str] = set()
@@ -190,7 +191,7 @@ def yoso_attention(
     generator: torch.Generator | None = None,
     normalize_output: bool = True,
     exact_gradient: bool = False,
-    backward_precision: Precision = "float32",
+    backward_precision: Precision = "auto",
     conv_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """YOSO attention ``normalize(Y)`` with ``Y_i = sum_j M_j B(q_i, k_j) v_j``.
@@ -211,11 +212,12 @@ def yoso_attention(
             derivative of the collision probability) instead of the paper's surrogate;
             quadratic memory, meant as a reference for tests and studies.
         backward_precision: operands of the LSH backward's per-pair contractions
-            (``S = G V^T``, ``S K``, ``S^T Q``; sums always fp32), for any input dtype
-            (bf16 inputs are widened exactly). ``"bfloat16"`` runs them on AVX512-BF16
-            (``ops.bf16_supported()``; float32 elsewhere); its error is far below the
-            estimator's ~1/sqrt(m) noise, but on the CPU measured it is no faster, so
-            float32 is the default (``docs/kernels.md``).
+            (``S = G V^T``, ``S K``, ``S^T Q``; sums always fp32). ``"bfloat16"`` runs
+            them on AVX512-BF16 (``ops.bf16_supported()``; float32 elsewhere), for any
+            input dtype; its error is far below the estimator's ~1/sqrt(m) noise.
+            ``"auto"`` (default): bfloat16 for bfloat16 queries (what ``bf16-mixed``
+            training sends), float32 otherwise, so float32 inputs stay exact against
+            the reference (``docs/kernels.md``).
         conv_weight: YOSO-C: ``[H, w]`` filters (``w`` odd) of a depthwise convolution
             along the sequence of the masked values (``sequence_conv``), added to the
             output. Computed here on the zeroed values the attention saves anyway, so
@@ -252,7 +254,9 @@ def yoso_attention(
         query_mask = as_bool_mask(None, batch, num_queries, query.device)
 
     out_dtype = query.dtype
-    bf16_backward = backward_precision == "bfloat16"
+    bf16_backward = backward_precision == "bfloat16" or (
+        backward_precision == "auto" and query.dtype == torch.bfloat16
+    )
     bh = batch * heads
     with torch.autocast(device_type=query.device.type, enabled=False):
         # Padded keys/values are zeroed first (a NaN there must not leak in through
@@ -287,12 +291,12 @@ def yoso_attention(
         # that merging the heads afterwards is a view too: the output projection then
         # saves the very tensor the normalisation saves, not a second copy per layer.
         y = y.reshape(batch, heads, num_queries, value_dim).transpose(1, 2).contiguous()
-        if normalize_output:
-            y = normalize_rows(y)
         if conv_weight is not None:
             conv_ops = select_ops(query.device, backend)
-            conv = SequenceConvolution.apply(v, km.contiguous(), conv_weight.float().contiguous(), conv_ops)
-            y = y + conv.reshape(batch, heads, num_keys, value_dim).transpose(1, 2)
+            filters = conv_weight.float().contiguous()
+            y = ConvolvedOutput.apply(y, v, km.contiguous(), filters, normalize_output, conv_ops)
+        elif normalize_output:
+            y = normalize_rows(y)
     return y.transpose(1, 2).to(out_dtype)
 
 

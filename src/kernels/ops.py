@@ -123,6 +123,19 @@ def _(value, mask, weight):
     return torch.empty_like(value)
 
 
+@torch.library.custom_op("yoso::sequence_conv_add", mutates_args=())
+def sequence_conv_add(
+    base: Tensor, base_scale: Tensor | None, value: Tensor, mask: Tensor, weight: Tensor
+) -> Tensor:
+    """``base * base_scale + sequence_conv(...)`` in ``base``'s layout (``reference.sequence_conv_add``)."""
+    raise _no_kernel(value)
+
+
+@sequence_conv_add.register_fake
+def _(base, base_scale, value, mask, weight):
+    return torch.empty_like(base)
+
+
 @torch.library.custom_op("yoso::sequence_conv_backward", mutates_args=())
 def sequence_conv_backward(
     grad: Tensor, value: Tensor, mask: Tensor, weight: Tensor
@@ -153,6 +166,7 @@ for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, l
 # slow; on CUDA it runs the reference's shifted sums (memory-bound elementwise
 # passes, which a GPU does well) until a profile there says otherwise.
 for _op, _reference in ((sequence_conv, reference.sequence_conv),
+                        (sequence_conv_add, reference.sequence_conv_add),
                         (sequence_conv_backward, reference.sequence_conv_backward)):
     _op.register_kernel("cpu", _kernel("cpu", _op._name.split("::")[-1]))
     _op.register_kernel("cuda", _reference)

@@ -381,14 +381,45 @@ def sequence_conv(value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor)
     return out
 
 
+def _batch_head_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``[BH, n, d]`` as is; ``[B, n, H, d]`` (the attention output's layout) as ``[BH, n, d]``."""
+    if rows.dim() == 3:
+        return rows
+    batch, length, heads, dim = rows.shape
+    return rows.transpose(1, 2).reshape(batch * heads, length, dim)
+
+
+def sequence_conv_add(
+    base: torch.Tensor,
+    base_scale: torch.Tensor | None,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """``base * base_scale + sequence_conv(value, mask, weight)``, laid out as ``base``.
+
+    ``base`` is ``[BH, n, d]`` like ``value``, or ``[B, n, H, d]``: the layout of
+    ``yoso_attention``'s output, to which YOSO-C adds its convolution;
+    ``base_scale`` (one factor per row of ``base``, e.g. ``[..., 1]``) or None.
+    """
+    conv = sequence_conv(value, mask, weight)
+    if base.dim() == 4:
+        batch, length, heads, dim = base.shape
+        conv = conv.reshape(batch, heads, length, dim).transpose(1, 2)
+    scaled = base if base_scale is None else base * base_scale.reshape(*base.shape[:-1], 1)
+    return scaled + conv
+
+
 def sequence_conv_backward(
     grad: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_value, grad_weight)`` of ``sequence_conv`` for the output gradient ``grad``.
 
+    ``grad`` is laid out as ``sequence_conv_add``'s ``base`` (either layout);
     ``grad_value`` is the flipped filter slid over ``grad``, zero on masked rows;
     ``grad_weight[h, t] = sum over b of head h, i: grad_i . mask_j v_j``.
     """
+    grad = _batch_head_rows(grad)
     heads, window = weight.shape
     length, half = value.shape[1], window // 2
     everywhere = torch.ones_like(mask)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from src.kernels import build, ops
 from src.kernels import reference as ref
-from src.kernels.autograd import SequenceConvolution
+from src.kernels.autograd import ConvolvedOutput, RowNormalize, SequenceConvolution
 from src.kernels.interface import sequence_conv
 from tests.kernels.cpu_isas import each_cpu_isa
 
@@ -69,6 +69,34 @@ def check_op(value, mask, weight, grad) -> None:
     bound = ref.sequence_conv_backward(grad.abs(), value.abs(), mask, weight.abs())
     for g, w, b in zip(got, want, bound):
         assert_sums_close(g, w, b)
+    check_attention_layout(value, mask, weight, grad)
+
+
+def seq_major(rows: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[BH, n, d]`` rows laid out as the attention output, ``[B, n, H, d]`` (a copy)."""
+    bh, n, d = rows.shape
+    return rows.reshape(bh // heads, heads, n, d).transpose(1, 2).clone(memory_format=torch.contiguous_format)
+
+
+def check_attention_layout(value, mask, weight, grad) -> None:
+    """``sequence_conv_add`` in both layouts, with and without row factors, and the
+    backward of a ``[B, n, H, d]`` gradient."""
+    heads = weight.shape[0]
+    conv = ops.sequence_conv(value, mask, weight)
+    base = torch.randn_like(value)
+    scale = torch.rand(*value.shape[:2], 1, device=value.device) + 0.5
+    assert_sums_close(ops.sequence_conv_add(base, None, value, mask, weight), base + conv,
+                      base.abs() + conv.abs())
+    assert_sums_close(ops.sequence_conv_add(base, scale, value, mask, weight), base * scale + conv,
+                      (base * scale).abs() + conv.abs())
+    rows, row_scale = seq_major(base, heads), seq_major(scale, heads)
+    out = ops.sequence_conv_add(rows, row_scale, value, mask, weight)
+    for h in range(heads):  # head h of batch b is row b * heads + h of the flat layout
+        want = (base * scale + conv)[h::heads]
+        assert_sums_close(out[:, :, h], want, (base * scale).abs()[h::heads] + conv.abs()[h::heads])
+    flat_grads = ops.sequence_conv_backward(grad, value, mask, weight)
+    for got, want in zip(ops.sequence_conv_backward(seq_major(grad, heads), value, mask, weight), flat_grads):
+        assert torch.equal(got, want), "the gradient's layout changes only where rows are read"
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -124,13 +152,17 @@ def test_filter_gradient_does_not_depend_on_thread_count():
     value, mask, weight, grad = random_case((6, 2, 700, 32, 31), seed=4)
     threads = torch.get_num_threads()
     try:
+        rows = seq_major(grad, 2)  # the attention layout's units span both heads
         torch.set_num_threads(1)
-        one = ops.sequence_conv_backward(grad, value, mask, weight)
+        one = [*ops.sequence_conv_backward(grad, value, mask, weight),
+               *ops.sequence_conv_backward(rows, value, mask, weight)]
         torch.set_num_threads(2)
-        two = ops.sequence_conv_backward(grad, value, mask, weight)
+        two = [*ops.sequence_conv_backward(grad, value, mask, weight),
+               *ops.sequence_conv_backward(rows, value, mask, weight)]
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
 
 
 def test_entry_point_gradients_and_dtypes(device):
@@ -150,6 +182,84 @@ def test_entry_point_gradients_and_dtypes(device):
     flat_mask = mask.bool()[:, None, :].expand(2, 3, 11).reshape(6, 11)
     want = SequenceConvolution.apply(flat_value, flat_mask, weight.detach().float(), ref)
     torch.testing.assert_close(out32.reshape(6, 11, 4), want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_adds_in_either_layout():
+    """The reference's ``sequence_conv_add``/backward on ``[B, n, H, d]`` rows, head by head."""
+    value, mask, weight, grad = random_case((6, 3, 30, 5, 7), seed=9, dtype=torch.float64)
+    base = torch.randn(2, 30, 3, 5, dtype=torch.float64)
+    scale = torch.rand(2, 30, 3, 1, dtype=torch.float64)
+    out = ref.sequence_conv_add(base, scale, value, mask, weight)
+    conv = ref.sequence_conv(value, mask, weight)
+    grad_rows = torch.randn(2, 30, 3, 5, dtype=torch.float64)
+    flat_grad = torch.stack([grad_rows[b, :, h] for b in range(2) for h in range(3)])
+    got = ref.sequence_conv_backward(grad_rows, value, mask, weight)
+    want = ref.sequence_conv_backward(flat_grad, value, mask, weight)
+    for b in range(2):
+        for h in range(3):
+            torch.testing.assert_close(out[b, :, h], base[b, :, h] * scale[b, :, h] + conv[b * 3 + h])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_convolved_output_is_the_normalised_rows_plus_the_convolution(normalize):
+    """``ConvolvedOutput`` (float64, reference ops) passes gradcheck and equals its composition."""
+    g = torch.Generator().manual_seed(10)
+    y = torch.randn(2, 9, 3, 4, generator=g, dtype=torch.float64)
+    value = torch.randn(6, 9, 4, generator=g, dtype=torch.float64)
+    mask = torch.rand(6, 9, generator=g) > 0.3
+    weight = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (y, value, weight)]
+
+    def fused(y, value, weight):
+        return ConvolvedOutput.apply(y, value, mask, weight, normalize, ref)
+
+    def composed(y, value, weight):
+        rows = RowNormalize.apply(y) if normalize else y
+        conv = ref.sequence_conv(value, mask, weight)
+        return rows + conv.reshape(2, 3, 9, 4).transpose(1, 2)
+
+    assert torch.autograd.gradcheck(fused, inputs)
+    with torch.no_grad():
+        y[1, 2, 0] = 0.0  # an all-zero row (not for gradcheck: x / |x| jumps at 0) stays 0
+    torch.testing.assert_close(fused(*inputs), composed(*inputs))
+    upstream = torch.randn(2, 9, 3, 4, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(fused(*inputs), inputs, upstream),
+                    torch.autograd.grad(composed(*inputs), inputs, upstream)):
+        torch.testing.assert_close(a, b)
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the distinct storages that autograd saves while ``run()`` builds its graph."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(storages.values())
+
+
+def test_convolution_saves_nothing_but_its_filters():
+    """A YOSO-C layer keeps no tensor beyond YOSO-m's: the output projection saves the sum,
+    and the sum is all the convolution and normalisation keep (not the rows before it)."""
+    from src.kernels.interface import yoso_attention
+
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 3, 64, 16, generator=g, requires_grad=True) for _ in range(3))
+    weight = torch.randn(3, 9, generator=g, requires_grad=True)
+    projection = torch.randn(48, 48, generator=g, requires_grad=True)
+    kwargs = dict(num_hashes=4, hash_code_len=6)
+
+    def layer(**conv):
+        heads = yoso_attention(q, k, v, **kwargs, **conv)
+        return heads.transpose(1, 2).reshape(2, 64, 48) @ projection  # merge heads, project
+
+    without, with_conv = saved_bytes(layer), saved_bytes(lambda: layer(conv_weight=weight))
+    assert with_conv - without <= weight.numel() * weight.element_size(), (without, with_conv)
 
 
 def test_bad_inputs_are_refused_with_the_reason():
@@ -173,6 +283,13 @@ def test_bad_inputs_are_refused_with_the_reason():
         extension.sequence_conv(flat, mask, torch.randn(3, 4))
     with pytest.raises(RuntimeError, match="mask"):
         extension.sequence_conv(flat, mask[:, :9].contiguous(), torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match=r"must be \[batch, n, heads, d\] = \[2, 10, 3, 4\]"):
+        extension.sequence_conv_add(torch.zeros(2, 3, 10, 4), None, flat, mask, torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match="one factor per row"):
+        extension.sequence_conv_add(torch.zeros(2, 10, 3, 4), torch.ones(2, 10, 1), flat, mask,
+                                    torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match="does not match value"):
+        extension.sequence_conv_backward(torch.zeros(6, 10, 5), flat, mask, torch.randn(3, 5))
 
 
 def test_ops_pass_opcheck(device):
@@ -182,6 +299,10 @@ def test_ops_pass_opcheck(device):
     value, mask, weight, grad = random_case((4, 2, 70, 24, 7), seed=6, device=device)
     opcheck(ops.sequence_conv, (value, mask, weight))
     opcheck(ops.sequence_conv_backward, (grad, value, mask, weight))
+    rows = seq_major(grad, 2)
+    opcheck(ops.sequence_conv_add, (rows, None, value, mask, weight))
+    opcheck(ops.sequence_conv_add, (rows, torch.rand(2, 70, 2, 1, device=device), value, mask, weight))
+    opcheck(ops.sequence_conv_backward, (rows, value, mask, weight))
 
 
 def test_yoso_attention_adds_the_convolution_of_the_masked_values():

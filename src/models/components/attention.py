@@ -44,8 +44,8 @@ class YOSOAttention(nn.Module):
         lsh_backward: the paper's linear LSH backward; False uses the expectation backward.
         hashing: ``"gaussian"`` projections or the ``"fast"`` Hadamard hash.
         backend: ``None`` (by device, or ``$YOSO_BACKEND``), ``"reference"``, ``"cpu"``, ``"cuda"``.
-        backward_precision: ``"float32"`` or ``"bfloat16"``: operands of the LSH backward's
-            contractions (see ``yoso_attention``).
+        backward_precision: ``"auto"`` (bf16 for bf16 inputs), ``"float32"`` or
+            ``"bfloat16"``: operands of the LSH backward's contractions (see ``yoso_attention``).
     """
 
     def __init__(
@@ -60,7 +60,7 @@ class YOSOAttention(nn.Module):
         lsh_backward: bool = True,
         hashing: str = "gaussian",
         backend: str | None = None,
-        backward_precision: Precision = "float32",
+        backward_precision: Precision = "auto",
     ) -> None:
         super().__init__()
         if backward_precision not in PRECISIONS:

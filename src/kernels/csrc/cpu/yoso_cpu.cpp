@@ -10,7 +10,10 @@
 //   lsh_weighted_cumulation(qmask, qcodes, qweight f32[BH,nq,w], kmask, kcodes,
 //                           kweight f32[BH,nk,w], value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
 //   sequence_conv(value f32[BH,n,d], mask b[BH,n], weight f32[H,w]) -> f32[BH,n,d]  (CPU only)
-//   sequence_conv_backward(grad, value, mask, weight) -> (grad_value, grad_weight f32[H,w])
+//   sequence_conv_add(base f32[BH,n,d] or [BH/H,n,H,d], base_scale f32 per row of base or None,
+//                     value, mask, weight) -> base * base_scale + conv, laid out as base
+//   sequence_conv_backward(grad (either layout), value, mask, weight)
+//       -> (grad_value f32[BH,n,d], grad_weight f32[H,w])
 // Semantics are those of the functions with the same names in reference.py.
 
 // Only the headers needed (not <torch/extension.h>): the JIT build of this file
@@ -22,6 +25,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -239,20 +243,62 @@ at::Tensor sequence_conv(const at::Tensor& value, const at::Tensor& mask, const 
   return out;
 }
 
+// A tensor the convolution writes (forward) or reads (backward) as the values'
+// rows: [BH, n, d] like value, or [BH / heads, n, heads, d] (the attention output's
+// layout); returns whether it is the latter.
+bool check_conv_rows(const at::Tensor& t, const char* name, const at::Tensor& value,
+                     int64_t heads) {
+  check_tensor(t, name, at::kFloat, t.dim() == 4 ? 4 : 3);
+  const int64_t bh = value.size(0), n = value.size(1), d = value.size(2);
+  if (t.dim() == 3) {
+    TORCH_CHECK(t.sizes() == value.sizes(), "yoso_cpu: ", name, " ", t.sizes(),
+                " does not match value ", value.sizes());
+    return false;
+  }
+  TORCH_CHECK(t.size(0) * heads == bh && t.size(1) == n && t.size(2) == heads && t.size(3) == d,
+              "yoso_cpu: ", name, " ", t.sizes(), " must be [batch, n, heads, d] = [", bh / heads,
+              ", ", n, ", ", heads, ", ", d, "] for value ", value.sizes());
+  return true;
+}
+
+at::Tensor sequence_conv_add(const at::Tensor& base, const std::optional<at::Tensor>& base_scale,
+                             const at::Tensor& value, const at::Tensor& mask,
+                             const at::Tensor& weight) {
+  const int64_t w = check_conv(value, mask, weight);
+  const bool seq_major = check_conv_rows(base, "base", value, weight.size(0));
+  const float* scale = nullptr;
+  if (base_scale.has_value()) {
+    const at::Tensor& s = *base_scale;
+    TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kFloat && s.is_contiguous(),
+                "yoso_cpu: base_scale must be a contiguous float32 CPU tensor");
+    TORCH_CHECK(s.numel() * value.size(2) == base.numel(), "yoso_cpu: base_scale ", s.sizes(),
+                " must hold one factor per row of base ", base.sizes());
+    scale = s.data_ptr<float>();
+  }
+  at::Tensor out = at::empty_like(base);
+  yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
+                                  weight.data_ptr<float>(), nullptr, out.data_ptr<float>(),
+                                  value.size(0), value.size(1), value.size(2), weight.size(0), w,
+                                  seq_major, base.data_ptr<float>(), scale};
+  {
+    pybind11::gil_scoped_release no_gil;
+    yoso_cpu::sequence_conv(args);
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> sequence_conv_backward(const at::Tensor& grad,
                                                           const at::Tensor& value,
                                                           const at::Tensor& mask,
                                                           const at::Tensor& weight) {
   const int64_t w = check_conv(value, mask, weight);
-  check_tensor(grad, "grad", at::kFloat, 3);
-  TORCH_CHECK(grad.sizes() == value.sizes(), "yoso_cpu: grad ", grad.sizes(),
-              " does not match value ", value.sizes());
+  const bool seq_major = check_conv_rows(grad, "grad", value, weight.size(0));
   at::Tensor grad_value = at::empty_like(value);
   at::Tensor grad_weight = at::empty_like(weight);
   yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
                                   weight.data_ptr<float>(), grad.data_ptr<float>(),
                                   grad_value.data_ptr<float>(), value.size(0), value.size(1),
-                                  value.size(2), weight.size(0), w};
+                                  value.size(2), weight.size(0), w, seq_major};
   {
     pybind11::gil_scoped_release no_gil;
     yoso_cpu::sequence_conv_backward(args, grad_weight.data_ptr<float>());
@@ -287,6 +333,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sequence_conv", &sequence_conv,
         "Depthwise convolution along the sequence of the masked values (YOSO-C)",
         pybind11::arg("value"), pybind11::arg("mask"), pybind11::arg("weight"));
+  m.def("sequence_conv_add", &sequence_conv_add,
+        "base * base_scale + sequence_conv(value, mask, weight); base [BH, n, d] or [BH/H, n, H, d]",
+        pybind11::arg("base"), pybind11::arg("base_scale"), pybind11::arg("value"),
+        pybind11::arg("mask"), pybind11::arg("weight"));
   m.def("sequence_conv_backward", &sequence_conv_backward,
         "(grad_value, grad_weight) of sequence_conv", pybind11::arg("grad"),
         pybind11::arg("value"), pybind11::arg("mask"), pybind11::arg("weight"));

@@ -74,9 +74,17 @@ struct SequenceConvArgs {
   const float* value;  // [BH, n, d]
   const bool* mask;    // [BH, n]: false rows of value count as zero (NaN there too)
   const float* weight; // [heads, w]: batch-head b uses row b % heads
-  const float* grad;   // backward: [BH, n, d] gradient of out; null in the forward
-  float* out;          // forward: out [BH, n, d]; backward: grad_value [BH, n, d]
+  const float* grad;   // backward: gradient of out (layout as out); null in the forward
+  float* out;          // forward: out; backward: grad_value [BH, n, d]
   int64_t bh, n, d, heads, w;
+  // Layout of the forward's out and the backward's grad: false = [BH, n, d]; true =
+  // [BH / heads, n, heads, d], the attention output's layout (rows of one batch-head
+  // heads * d apart), so that the convolution reads and writes it in place.
+  bool seq_major = false;
+  // Forward: out = base * base_scale + convolution when base is given (base laid out as
+  // out, and may be out; base_scale: one factor per row of base, or null for 1).
+  const float* base = nullptr;
+  const float* base_scale = nullptr;
 };
 
 void hash_gaussian(const HashGaussianArgs& args);
