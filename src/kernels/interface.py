@@ -225,7 +225,8 @@ def yoso_attention(
 
     Returns:
         ``[B, H, n_q, d_v]`` in the query's dtype, a view of a ``[B, n_q, H, d_v]``
-        tensor (heads merge without a copy); padded query rows are 0.
+        tensor (heads merge without a copy); padded query rows are 0 (with
+        ``conv_weight``: the convolution of their real neighbours' values).
     """
     _validate(query, key, value)
     reference.check_hash_code_len(hash_code_len)
