@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import Namespace
 from jsonargparse._util import import_object
@@ -216,6 +217,13 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     )
     cli.check_data_links()
     _check_callbacks(cli)
+    metrics = _fit_and_test(cli)
+    if not cli.trainer.interrupted:  # after Ctrl+C another rank may be gone: no barrier
+        _leave_process_group()
+    return metrics
+
+
+def _fit_and_test(cli: TrainCLI) -> dict[str, float]:
     config = cli.config
     trainer = cli.trainer
     ckpt_path = resolve_ckpt_path(config.ckpt_path, trainer)
@@ -252,6 +260,18 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         print(f"Test ({source}): {shown}", flush=True)
         print(f"Logs and checkpoints: {log_dir}  (tensorboard --logdir {_log_root(cli)})", flush=True)
     return metrics
+
+
+def _leave_process_group() -> None:
+    """Under DDP, wait for every rank, then close the process group before exiting.
+
+    Otherwise each rank tears gloo down in its own ``atexit`` handler, one after the
+    other; once in CI a 2-rank CPU run that had tested and printed its results still
+    aborted at exit ("terminate called without an active exception", exit -6).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def resolve_ckpt_path(ckpt_path: str | None, trainer: Any) -> str | None:
