@@ -230,17 +230,25 @@ int64_t check_conv(const at::Tensor& value, const at::Tensor& mask, const at::Te
   return w;
 }
 
-at::Tensor sequence_conv(const at::Tensor& value, const at::Tensor& mask, const at::Tensor& weight) {
-  const int64_t w = check_conv(value, mask, weight);
-  at::Tensor out = at::empty_like(value);
+// out = base * scale + the convolution (base null: the convolution alone), out laid
+// out as [BH, n, d] or, seq_major, [BH / heads, n, heads, d].
+at::Tensor conv_forward(const at::Tensor& value, const at::Tensor& mask, const at::Tensor& weight,
+                        int64_t w, at::Tensor out, bool seq_major, const float* base,
+                        const float* scale) {
   yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
                                   weight.data_ptr<float>(), nullptr, out.data_ptr<float>(),
-                                  value.size(0), value.size(1), value.size(2), weight.size(0), w};
+                                  value.size(0), value.size(1), value.size(2), weight.size(0), w,
+                                  seq_major, base, scale};
   {
     pybind11::gil_scoped_release no_gil;
     yoso_cpu::sequence_conv(args);
   }
   return out;
+}
+
+at::Tensor sequence_conv(const at::Tensor& value, const at::Tensor& mask, const at::Tensor& weight) {
+  const int64_t w = check_conv(value, mask, weight);
+  return conv_forward(value, mask, weight, w, at::empty_like(value), false, nullptr, nullptr);
 }
 
 // A tensor the convolution writes (forward) or reads (backward) as the values'
@@ -275,16 +283,8 @@ at::Tensor sequence_conv_add(const at::Tensor& base, const std::optional<at::Ten
                 " must hold one factor per row of base ", base.sizes());
     scale = s.data_ptr<float>();
   }
-  at::Tensor out = at::empty_like(base);
-  yoso_cpu::SequenceConvArgs args{value.data_ptr<float>(), mask.data_ptr<bool>(),
-                                  weight.data_ptr<float>(), nullptr, out.data_ptr<float>(),
-                                  value.size(0), value.size(1), value.size(2), weight.size(0), w,
-                                  seq_major, base.data_ptr<float>(), scale};
-  {
-    pybind11::gil_scoped_release no_gil;
-    yoso_cpu::sequence_conv(args);
-  }
-  return out;
+  return conv_forward(value, mask, weight, w, at::empty_like(base), seq_major,
+                      base.data_ptr<float>(), scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> sequence_conv_backward(const at::Tensor& grad,

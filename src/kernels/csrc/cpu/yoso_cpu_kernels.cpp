@@ -559,22 +559,16 @@ int64_t conv_scratch_floats(const SequenceConvArgs& a) {
   return 2 * (CONV_BLOCK_ROWS + a.w - 1) * dp + 4 * dp + (a.w > CONV_BLOCK_ROWS ? a.w : CONV_BLOCK_ROWS);
 }
 
-// Runs task(b, r0, r1, slot, scratch) for every (batch-head b, row block) pair, slot
-// numbering the pairs. In the seq_major layout a unit of work is a row block of all
-// heads of one batch, so that it reads and writes one contiguous span (a head's rows
-// alone are every heads-th slice: twice the time at two heads, measured); otherwise a
-// row block of one batch-head.
+// Runs task(b, r0, r1, unit, scratch) over (batch-head, row block) units.
 template <typename Task>
 void conv_units(const SequenceConvArgs& a, const Task& task) {
   const int64_t blocks = (a.n + CONV_BLOCK_ROWS - 1) / CONV_BLOCK_ROWS;
-  const int64_t per_unit = a.seq_major ? a.heads : 1;
-  const int64_t units = a.bh / per_unit * blocks, floats = conv_scratch_floats(a);
+  const int64_t units = a.bh * blocks, floats = conv_scratch_floats(a);
   detail::parallel_units(units, detail::team_size(units), [&](int64_t u, int64_t) {
     thread_local std::vector<float> scratch;
-    float* buffer = detail::thread_buffer(scratch, floats);
-    const int64_t group = u / blocks, r0 = (u % blocks) * CONV_BLOCK_ROWS;
+    const int64_t b = u / blocks, r0 = (u % blocks) * CONV_BLOCK_ROWS;
     const int64_t r1 = r0 + CONV_BLOCK_ROWS < a.n ? r0 + CONV_BLOCK_ROWS : a.n;
-    for (int64_t h = 0; h < per_unit; ++h) task(group * per_unit + h, r0, r1, u * per_unit + h, buffer);
+    task(b, r0, r1, u, detail::thread_buffer(scratch, floats));
   });
 }
 
@@ -592,19 +586,17 @@ void sequence_conv_backward(const SequenceConvArgs& args, float* grad_weight) {
   for (int64_t e = 0; e < args.heads * args.w; ++e) grad_weight[e] = 0.f;
   if (args.bh == 0 || args.n == 0 || args.d == 0) return;
   const int64_t blocks = (args.n + CONV_BLOCK_ROWS - 1) / CONV_BLOCK_ROWS;
-  // One filter-gradient row per (batch-head, row block), summed below in a fixed
-  // order: the result does not depend on which thread ran which part.
+  // One filter-gradient row per task, summed below in task order: the result does
+  // not depend on which thread ran which task.
   std::vector<float> partial(static_cast<size_t>(args.bh * blocks * args.w), 0.f);
-  std::vector<int64_t> head_of(static_cast<size_t>(args.bh * blocks));
   const detail::IsaKernels& kernels = isa();
-  conv_units(args, [&](int64_t b, int64_t r0, int64_t r1, int64_t slot, float* scratch) {
-    head_of[static_cast<size_t>(slot)] = b % args.heads;
-    kernels.conv_backward(args, b, r0, r1, scratch, partial.data() + slot * args.w);
+  conv_units(args, [&](int64_t b, int64_t r0, int64_t r1, int64_t u, float* scratch) {
+    kernels.conv_backward(args, b, r0, r1, scratch, partial.data() + u * args.w);
   });
   std::vector<double> sums(static_cast<size_t>(args.heads * args.w), 0.0);
-  for (int64_t slot = 0; slot < args.bh * blocks; ++slot) {
-    double* row = sums.data() + head_of[static_cast<size_t>(slot)] * args.w;
-    for (int64_t t = 0; t < args.w; ++t) row[t] += partial[static_cast<size_t>(slot * args.w + t)];
+  for (int64_t u = 0; u < args.bh * blocks; ++u) {
+    double* row = sums.data() + ((u / blocks) % args.heads) * args.w;
+    for (int64_t t = 0; t < args.w; ++t) row[t] += partial[static_cast<size_t>(u * args.w + t)];
   }
   for (int64_t e = 0; e < args.heads * args.w; ++e) grad_weight[e] = static_cast<float>(sums[e]);
 }
