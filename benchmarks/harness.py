@@ -22,10 +22,10 @@ from collections.abc import Callable
 # fixed threshold returns every block >= 128 KiB to the OS when freed: peak RSS then
 # tracks the peak of live tensors (checked against torch.profiler's memory events).
 # "heap" is the opposite: blocks up to 1 GiB come from the heap and freed memory stays
-# there, so after the first steps little is page-faulted in again. conv_share.py (82
-# YOSO-C-sized layer steps, 2 cores) took 1.44 M minor faults under glibc's defaults and
-# 0.26 M under "heap"; the quartiles of its per-pair differences narrowed from
-# 1.1-27.1 ms to 8.9-12.1 ms, and the layer step fell from 131 to 116 ms.
+# there, so after the first steps little is page-faulted in again. In recorded run 5
+# (benchmarks/results/cpu_2core_run5.log) conv_share.py's per-pair differences had
+# quartiles 8.4-38.3 ms under glibc's defaults and 9.8-13.0 ms under "heap", and the
+# YOSO-C layer step took 146.6 vs 117.2 ms.
 MALLOC_POLICIES: dict[str, dict[str, str]] = {
     "glibc": {},
     "mmap": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
