@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.kernels import build, ops  # noqa: E402
 from src.kernels.autograd import _expectation_backward  # noqa: E402
-from src.kernels.interface import draw_hash_parameters, hash_codes, normalize_rows  # noqa: E402
+from src.kernels.options import YOSOOptions  # noqa: E402
+from src.kernels.pipeline import draw_hash_parameters, hash_vectors, normalize_rows  # noqa: E402
 
 # name: (batch x heads, n, head dim, tau); the first is the kernel goal's shape, the
 # second the paper's ListOps layer (B=32, H=2 -> 64 batch-heads; 8 measured for the error).
@@ -57,8 +58,9 @@ def inputs(bh: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, ...]:
 
 def codes(q, k, m: int, tau: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    params = draw_hash_parameters(q.shape[0], q.shape[-1], m, tau, "gaussian", q.device, g)
-    return (hash_codes(q, params, m, tau, "gaussian", ops), hash_codes(k, params, m, tau, "gaussian", ops))
+    options = YOSOOptions(hash_code_len=tau, num_hashes=m)
+    params = draw_hash_parameters(q.shape[0], q.shape[-1], options, q.device, g)
+    return hash_vectors(q, params, options, ops), hash_vectors(k, params, options, ops)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.kernels import ops  # noqa: E402
-from src.kernels.interface import normalize_rows  # noqa: E402
+from src.kernels.pipeline import normalize_rows  # noqa: E402
 
 
 def main(precision: str) -> None:

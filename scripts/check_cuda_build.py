@@ -15,7 +15,7 @@ Modes (several may be given; each is timed):
     driver's libcuda is only opened on the first CUDA call), so the check also
     proves that every symbol resolves. Should the import still fail because the
     driver library is missing, the check falls back to inspecting the built
-    ``.so`` (``nm -D`` must list the four ``yoso_*`` launchers and the pybind
+    ``.so`` (``nm -D`` must list the ``yoso_*`` launchers and the pybind
     module init) and says so.
 
 ``emulate``
@@ -52,7 +52,6 @@ LAUNCHERS = (
     "yoso_hash_gaussian",
     "yoso_hash_fast",
     "yoso_lsh_cumulation",
-    "yoso_lsh_weighted_cumulation",
     "yoso_lsh_cumulation_workspace_bytes",
     "yoso_lsh_backward",
     "yoso_lsh_backward_workspace_bytes",
@@ -151,7 +150,7 @@ def _build_and_load(verbose: bool) -> None:
         print(f"import of the built extension failed: {text}")
         _inspect_built_library(build.build_root())
         return
-    names = ("hash_gaussian", "hash_fast", "lsh_cumulation", "lsh_weighted_cumulation")
+    names = ("hash_gaussian", "hash_fast", "lsh_cumulation", "lsh_backward")
     missing = [name for name in names if not callable(getattr(module, name, None))]
     if missing:
         raise SystemExit(f"built module {module.__file__} lacks {missing}")

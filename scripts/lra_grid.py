@@ -3,8 +3,9 @@
     python scripts/lra_grid.py --tasks listops text --attentions softmax yoso_c_16 --trainer gpu
     python scripts/lra_grid.py --tasks all --attentions all --print > grid.txt   # one command a line
 
-Each run is ``train.py --config configs/lra/<task>.yaml --config configs/attention/<attention>.yaml
-[--config configs/trainer/<trainer>.yaml] [extra ...]``; it logs to
+Each run is ``train.py --config <task config> --config configs/attention/<attention>.yaml
+[--config configs/trainer/<trainer>.yaml] [extra ...]``, the tasks and their configs being those
+of ``src/lra_tasks.py``; it logs to
 ``logs/<task>/<attention>/version_N``, so the pairs never share a folder and
 ``scripts/lra_table.py logs`` collects them. For a cluster array job, run line
 ``$SLURM_ARRAY_TASK_ID`` of the printed file (e.g. ``sed -n "${SLURM_ARRAY_TASK_ID}p" grid.txt | bash``).
@@ -21,7 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS: tuple[str, ...] = ("listops", "text", "retrieval", "image", "pathfinder")
+sys.path.insert(0, str(ROOT))  # run as a file: make the repository's `src` importable
+
+from src.lra_tasks import TASKS  # noqa: E402
 
 
 def available(kind: str) -> list[str]:
@@ -45,7 +48,7 @@ def commands(tasks: list[str], attentions: list[str], trainer: str | None, extra
     runs = []
     for task in tasks:
         for attention in attentions:
-            argv = [python, "train.py", "--config", f"configs/lra/{task}.yaml",
+            argv = [python, "train.py", "--config", TASKS[task].config,
                     "--config", f"configs/attention/{attention}.yaml"]
             if trainer:
                 argv += ["--config", f"configs/trainer/{trainer}.yaml"]
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="arguments for every train.py run (must come last)")
     args = parser.parse_args(argv)
-    tasks = choose(args.tasks, [t for t in TASKS if t in available("lra")], "task", parser)
+    tasks = choose(args.tasks, list(TASKS), "task", parser)
     attentions = choose(args.attentions, available("attention"), "attention", parser)
     if args.trainer is not None:
         choose([args.trainer], available("trainer"), "trainer", parser)

@@ -1,12 +1,12 @@
 """The paper-style LRA table and a figure from finished runs: ``python scripts/lra_table.py logs``.
 
-Reads ``<log dir>/<task>/<attention>/version_N`` (the folders ``train.py`` writes; tasks
-listops, text, retrieval, image, pathfinder). A run is finished when its events hold
-``test/acc`` (the best checkpoint's test accuracy); per task and attention the latest
-finished version is used. Writes ``lra_table.md`` (accuracy %, average over the five tasks,
-training time and peak memory) and ``lra_accuracy_vs_time.png`` (validation accuracy against
-training time per task, the test accuracy as a star) into ``--out`` (default: the log dir),
-and prints the table.
+Reads ``<log dir>/<task>/<attention>/version_N`` (the folders ``train.py`` writes; the tasks,
+their titles and the published reference row come from ``src/lra_tasks.py``). A run is finished
+when its events hold ``test/acc`` (the best checkpoint's test accuracy); per task and attention
+the latest finished version is used. Writes ``lra_table.md`` (accuracy %, average over the
+tasks, training time and peak memory) and ``lra_accuracy_vs_time.png`` (validation accuracy
+against training time per task, the test accuracy as a star) into ``--out`` (default: the log
+dir), and prints the table.
 
 Training time and peak memory come from ``ResourceMonitor`` (``resources/*`` tags). Runs
 without them get the time between the first event and the last train/val event (marked *),
@@ -24,12 +24,10 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn without pyplot: no GUI backend, no global state
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-TASKS: dict[str, str] = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval",
-                         "image": "Image", "pathfinder": "Pathfinder"}
-REFERENCE_LABEL = "softmax (reference harness)"
-REFERENCE: dict[str, float] = {"listops": 37.10, "text": 65.02, "retrieval": 79.35,
-                               "image": 38.20, "pathfinder": 74.16}
-REFERENCE_AVERAGE = 58.77  # as published (Nystromformer paper, the harness the YOSO paper used)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's `src`
+
+from src.lra_tasks import REFERENCE_AVERAGE, REFERENCE_LABEL, TASKS  # noqa: E402
+
 ATTENTION_ORDER = ("softmax", "yoso_e", "yoso_16", "yoso_32", "yoso_c_16", "yoso_c_32",
                    "nystrom", "performer", "linformer")
 MISSING = "–"
@@ -148,15 +146,15 @@ def _row(cells: list[str]) -> str:
 
 def markdown_table(runs: dict[tuple[str, str], Run]) -> str:
     """The accuracy table (plus total time and peak memory) and a per-task time/memory table."""
-    names = list(TASKS.values())
+    names = [task.title for task in TASKS.values()]
     lines = [
         "Test accuracy (%) of the best checkpoint; time = training minutes summed over the tasks "
         "shown, memory = the largest peak (MiB; GPU = tensor memory, RSS = CPU process).",
         "",
         _row(["Attention", *names, "Average", "Time (min)", "Peak memory (MiB)"]),
         _row(["---"] * (len(names) + 4)),
-        _row([REFERENCE_LABEL, *(f"{REFERENCE[t]:.2f}" for t in TASKS), f"{REFERENCE_AVERAGE:.2f}",
-              MISSING, MISSING]),
+        _row([REFERENCE_LABEL, *(f"{t.reference_acc:.2f}" for t in TASKS.values()),
+              f"{REFERENCE_AVERAGE:.2f}", MISSING, MISSING]),
     ]
     for attention in attention_rows(runs):
         cells = [runs.get((task, attention)) for task in TASKS]
@@ -204,8 +202,9 @@ def plot(runs: dict[tuple[str, str], Run], path: Path) -> None:
                           color=color, alpha=0.6)
             axis.plot(run.train_time_s / 60, 100 * run.test_acc, "*", color=color, markersize=11,
                       label=attention)
-        axis.axhline(REFERENCE[task], color="grey", linestyle="--", linewidth=1, label=REFERENCE_LABEL)
-        axis.set_title(TASKS[task])
+        axis.axhline(TASKS[task].reference_acc, color="grey", linestyle="--", linewidth=1,
+                     label=REFERENCE_LABEL)
+        axis.set_title(TASKS[task].title)
         axis.set_xlabel("training time (min)")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)  (line: val, star: test)")

@@ -20,11 +20,17 @@ _GOT_CLASS = re.compile(r"Got value: Namespace\(class_path='([^']+)'")
 _NO_ATTRIBUTE = re.compile(r"module '([^']+)' has no attribute '([^']+)'")
 
 
+def import_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names (``package.module.Class``)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def init_arguments(class_path: str) -> list[str]:
     """Names a config may give under ``init_args`` of ``class_path`` (following ``**kwargs`` to parents)."""
-    module, _, name = class_path.rpartition(".")
-    klass = getattr(importlib.import_module(module), name)
     names: list[str] = []
+    klass = import_class(class_path)
+    fixed = set(getattr(klass, "fixed_arguments", ()))  # set by the class itself, not by a config
     for base in klass.__mro__:
         init = base.__dict__.get("__init__")
         if init is None:
@@ -32,7 +38,7 @@ def init_arguments(class_path: str) -> list[str]:
         parameters = inspect.signature(init).parameters
         variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         names += [p for p, v in parameters.items()
-                  if p != "self" and v.kind not in variadic and p not in names]
+                  if p != "self" and v.kind not in variadic and p not in names and p not in fixed]
         if not any(v.kind is v.VAR_KEYWORD for v in parameters.values()):
             break
     return names

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.data.listops_datamodule import ListOpsDataModule
+from src.data.lra.listops_datamodule import ListOpsDataModule
 from src.models.lra_module import SequenceClassifier
 from tests.test_resume import overrides
 from tests.test_train import run_train

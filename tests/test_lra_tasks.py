@@ -1,4 +1,5 @@
-"""Every new LRA task config trains, tests and logs through ``train.py`` on its tiny fixture, and
+"""The task registry (``src/lra_tasks.py``) and ``configs/lra/`` list the same tasks; every new
+LRA task config trains, tests and logs through ``train.py`` on its tiny fixture, and
 ``scripts/lra_table.py`` turns those finished runs into the expected table rows."""
 
 from __future__ import annotations
@@ -10,15 +11,41 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.data.lra_fixtures import write_aan, write_cifar, write_imdb, write_pathfinder
+from src.lra_tasks import REFERENCE_AVERAGE, TASKS
+from tests.data.lra.fixtures import write_aan, write_cifar, write_imdb, write_pathfinder
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("lra_table", ROOT / "scripts" / "lra_table.py")
 lra_table = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = lra_table
 _spec.loader.exec_module(lra_table)
+
+def test_registry_and_task_configs_list_the_same_tasks():
+    """A new task is one config plus one registry line; neither may be forgotten."""
+    files = {p.stem for p in (ROOT / "configs" / "lra").glob("*.yaml") if not p.name.startswith("_")}
+    assert files == set(TASKS)
+    for name, task in TASKS.items():
+        assert task.config_path.is_file(), task.config
+        assert task.config_path.resolve() == (ROOT / "configs" / "lra" / f"{name}.yaml").resolve()
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_each_task_config_names_its_log_folder_and_states_its_tau(name):
+    """``lra_table.py`` looks for runs under ``logs/<name>/``; the base's tau is only a placeholder."""
+    config = yaml.safe_load(TASKS[name].config_path.read_text())
+    assert config["extends"] == "_base.yaml"
+    assert config["trainer"]["logger"]["init_args"]["name"] == name
+    attention = config["model"]["init_args"]["encoder"]["init_args"]["attention"]
+    assert attention["init_args"]["hash_code_len"] >= 1
+
+
+def test_the_published_reference_average_is_the_mean_of_the_tasks():
+    mean = sum(task.reference_acc for task in TASKS.values()) / len(TASKS)
+    assert round(mean, 2) == REFERENCE_AVERAGE
+
 
 # task -> (attention overlay, data overrides); two attentions so the table has two rows
 RUNS: dict[str, tuple[str, list[str]]] = {
@@ -33,7 +60,7 @@ def command(task: str, attention: str, data_dir: Path, tmp: Path, data_options: 
     data = "--data.init_args."
     encoder = "--model.init_args.encoder.init_args."
     return [
-        sys.executable, "train.py", "--config", f"configs/lra/{task}.yaml",
+        sys.executable, "train.py", "--config", TASKS[task].config,
         "--config", f"configs/attention/{attention}.yaml", "--config", "configs/trainer/cpu.yaml",
         f"{data}data_dir={data_dir}", f"{data}cache_dir={tmp / 'cache'}", f"{data}batch_size=4",
         *(f"{data}{option}" for option in data_options),

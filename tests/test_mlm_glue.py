@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.data.glue import TASKS
+from src.data.glue.tasks import TASKS
 from src.data.tokenizer import TOKENIZER_KEY, TextTokenizer
 from tests.test_train import ROOT, run_train
 

@@ -15,18 +15,18 @@ from torch import nn
 
 from src.callbacks.finite_loss import FiniteLossCheck, NonFiniteLossError
 from src.checkpoints import check_resume_checkpoint
+from src.cli import TrainCLI, follow_default_root_dir
 from src.cli_errors import explain
 from src.models.base_module import load_encoder_weights
 from src.models.components.attention import YOSOAttention
 from src.models.components.encoder import TransformerEncoder
 from src.models.lra_module import SequenceClassifier
 from tests.test_train import ROOT
-from train import TrainCLI, _follow_default_root_dir, expand_extends
 
 
 def parse_error(*args: str) -> str:
     """The message the CLI prints for ``args`` (parsed in-process, errors raised instead of exiting)."""
-    argv = expand_extends(["--config", str(ROOT / "configs" / "quickstart.yaml"), *args])
+    argv = ["--config", str(ROOT / "configs" / "quickstart.yaml"), *args]  # the CLI expands `extends`
     with pytest.raises(Exception) as info:  # noqa: PT011 (jsonargparse's ArgumentError)
         TrainCLI(auto_configure_optimizers=False, run=False, args=argv,
                  parser_kwargs={"exit_on_error": False})
@@ -36,7 +36,8 @@ def parse_error(*args: str) -> str:
 def test_config_key_typo_names_the_key_its_section_and_the_fix():
     message = parse_error("--data.init_args.max_lenght=5")
     first = message.splitlines()[0]
-    assert first.startswith("unknown key 'max_lenght' in data.init_args (src.data.listops_datamodule."), first
+    expected = "unknown key 'max_lenght' in data.init_args (src.data.lra.listops_datamodule."
+    assert first.startswith(expected), first
     assert "did you mean 'max_length'?" in first and "Valid choices: data_dir," in first
 
 
@@ -184,13 +185,13 @@ def test_default_root_dir_moves_the_logs_and_a_conflict_is_an_error(tmp_path):
         return Namespace(trainer=Namespace(default_root_dir=root, logger=logger))
 
     moved = config("logs", str(tmp_path))
-    _follow_default_root_dir(moved)
+    follow_default_root_dir(moved)
     assert moved.trainer.logger.init_args.save_dir == str(tmp_path)
     inside = config(str(tmp_path / "tb"), str(tmp_path))
-    _follow_default_root_dir(inside)
+    follow_default_root_dir(inside)
     assert inside.trainer.logger.init_args.save_dir == str(tmp_path / "tb")
     unchanged = config("elsewhere", None)
-    _follow_default_root_dir(unchanged)
+    follow_default_root_dir(unchanged)
     assert unchanged.trainer.logger.init_args.save_dir == "elsewhere"
     with pytest.raises(SystemExit, match="disagree"):
-        _follow_default_root_dir(config("/somewhere/else", str(tmp_path)))
+        follow_default_root_dir(config("/somewhere/else", str(tmp_path)))

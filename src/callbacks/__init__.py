@@ -1,2 +1,2 @@
-"""Lightning callbacks: what train.py adds to every run (resources, seeding, finite loss,
-last checkpoint) and optional views composed from configs/callbacks/."""
+"""Lightning callbacks: those every train.py run has (``src.cli.RUN_CALLBACKS``: seeding, finite
+loss, learning rate, resources, tokens/s, checkpoints) and optional views composed from configs/callbacks/."""

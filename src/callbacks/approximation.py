@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,13 +45,15 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
-from src.kernels.autograd import ExpectationCumulation, LSHCumulation
-from src.kernels.interface import as_bool_mask, draw_hash_parameters, hash_codes, normalize_rows, select_ops
+from src.kernels import YOSOOptions, pipeline
+from src.kernels.backends import select_kernels
 from src.kernels.reference import expectation_weights
 from src.models.components.attention import YOSOAttention
 from src.models.components.encoder import TransformerEncoder
+from src.models.components.masks import as_bool_mask
 
 log = logging.getLogger(__name__)
 
@@ -79,49 +80,39 @@ def measure_approximation(
     key: torch.Tensor,
     value: torch.Tensor,
     mask: torch.Tensor | None,
+    options: YOSOOptions,
     *,
-    num_hashes: int,
-    hash_code_len: int,
-    lsh_backward: bool = True,
-    hashing: str = "gaussian",
-    backend: str | None = None,
     crop: int = 128,
     generator: torch.Generator | None = None,
 ) -> ApproximationStats:
     """Compare YOSO-m with YOSO-E on one layer's ``[B, H, n, d]`` self-attention inputs.
 
-    Uses the same autograd functions as ``src.kernels.yoso_attention`` but hashes
-    once itself, so that the output error, the empty rows and the collision image
-    all come from the same ``m`` hashes. Examples are processed one at a time to
-    bound the quadratic YOSO-E memory at ``H x n x n``.
+    Composes the kernels' own pipeline (``prepare -> hash_codes -> cumulate``), hashing
+    once, so that the output error, the empty rows and the collision image all come
+    from the same ``m`` hashes. Examples run one at a time, bounding YOSO-E's
+    quadratic memory at ``H x n x n``.
     """
-    batch, heads, length, head_dim = query.shape
+    batch, heads, length, _ = query.shape
     if key.shape[2] != length:
         raise ValueError("measure_approximation expects self-attention (queries and keys of one length)")
     device = query.device
-    ops = select_ops(device, backend)
+    kernels = select_kernels(device, options.backend)
+    expectation = options.replace(expectation=True, exact_gradient=False)
     mask = as_bool_mask(mask, batch, length, device)
-    c = min(crop, length)
     # The image shows the example with the most real tokens, its first `crop` real tokens.
     shown = int(mask.sum(1).argmax())
-    shown_tokens = mask[shown].nonzero().flatten()[:crop]
     sums = dict.fromkeys(("err", "ref", "grad_err", "grad_ref", "empty", "real", "colliding"), 0.0)
     angles: list[torch.Tensor] = []
-    image: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    image = None
     for b in range(batch):
-        real = mask[b].expand(heads, length).contiguous()  # [H, n] query mask = key mask
-        inputs = [t[b].detach().float().clone(memory_format=torch.contiguous_format).requires_grad_()
+        inputs = [t[b : b + 1].detach().float().clone(memory_format=torch.contiguous_format).requires_grad_()
                   for t in (query, key, value)]
-        params = draw_hash_parameters(heads, head_dim, num_hashes, hash_code_len, hashing, device, generator)
         with torch.enable_grad():
-            q, k = normalize_rows(inputs[0]), normalize_rows(inputs[1])
-            with torch.no_grad():
-                q_codes = hash_codes(q, params, num_hashes, hash_code_len, hashing, ops)
-                k_codes = hash_codes(k, params, num_hashes, hash_code_len, hashing, ops)
-            sampled = LSHCumulation.apply(
-                real, real, q, k, inputs[2], q_codes, k_codes, hash_code_len, lsh_backward, ops
-            )
-            expected = ExpectationCumulation.apply(real, real, q, k, inputs[2], hash_code_len)
+            prepared = pipeline.prepare(*inputs, mask[b : b + 1], mask[b : b + 1])
+            codes = pipeline.hash_codes(prepared, options, kernels, generator)
+            sampled = pipeline.cumulate(prepared, options, kernels, codes)
+            expected = pipeline.cumulate(prepared, expectation)
+            real = prepared.query_mask
             upstream = torch.randn(sampled.shape, device=device, generator=generator) * real.unsqueeze(-1)
             grads_sampled = torch.autograd.grad(sampled, inputs, upstream, retain_graph=True)
             grads_expected = torch.autograd.grad(expected, inputs, upstream)
@@ -131,26 +122,13 @@ def measure_approximation(
             for g_s, g_e in zip(grads_sampled, grads_expected):
                 sums["grad_err"] += float((g_s - g_e).square().sum())
                 sums["grad_ref"] += float(g_e.square().sum())
-            # Real keys in each query's bucket, averaged over the m hashes; 0 means an empty row.
-            ones = torch.ones(heads, length, 1, device=device)
-            counts = ops.lsh_cumulation(real, q_codes, real, k_codes, ones, hash_code_len)[..., 0]
+            counts = pipeline.collision_counts(prepared, codes, options, kernels)
             sums["empty"] += float(((counts == 0) & real).sum())
             sums["real"] += float(real.sum())
             sums["colliding"] += float(counts[real].sum())
-            q_c, k_c = q[:, :c].detach(), k[:, :c].detach()
-            pairs = real[:, :c, None] & real[:, None, :c]  # [H, c, c]
-            cosine = torch.bmm(q_c, k_c.transpose(1, 2)).clamp(-1.0, 1.0)
-            angles.append(torch.rad2deg(torch.arccos(cosine))[pairs].cpu())
-            if b == shown and shown_tokens.numel():
-                q_s, k_s = q[:1, shown_tokens].detach(), k[:1, shown_tokens].detach()
-                expectation = expectation_weights(q_s, k_s, hash_code_len)[0]
-                codes_q, codes_k = q_codes[0, shown_tokens], k_codes[0, shown_tokens]
-                frequency = (codes_q[:, None, :] == codes_k[None, :, :]).float().mean(-1)
-                valid = torch.ones_like(expectation, dtype=torch.bool)
-                image = (expectation, frequency, valid)
-    if image is None:  # no real token at all: an empty picture rather than an error
-        empty = torch.zeros(1, 1, device=device)
-        image = (empty, empty, torch.zeros(1, 1, dtype=torch.bool, device=device))
+            angles.append(_crop_angles(prepared, crop))
+            if b == shown:
+                image = _collision_image(prepared, codes, options.hash_code_len, crop)
     return ApproximationStats(
         rel_err=_ratio(sums["err"], sums["ref"]),
         grad_rel_err=_ratio(sums["grad_err"], sums["grad_ref"]),
@@ -161,6 +139,29 @@ def measure_approximation(
         frequency=image[1].cpu(),
         valid=image[2].cpu(),
     )
+
+
+def _crop_angles(prepared: pipeline.Prepared, crop: int) -> torch.Tensor:
+    """Angles (degrees) of the real q-k pairs among the first ``crop`` positions, every head."""
+    q, k, real = prepared.q[:, :crop].detach(), prepared.k[:, :crop].detach(), prepared.query_mask[:, :crop]
+    pairs = real[:, :, None] & real[:, None, :]
+    cosine = torch.bmm(q, k.transpose(1, 2)).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cosine))[pairs].cpu()
+
+
+def _collision_image(
+    prepared: pipeline.Prepared, codes: tuple[torch.Tensor, torch.Tensor], hash_code_len: int, crop: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head 0's collision probabilities and hash-averaged collisions of the first ``crop`` real tokens."""
+    tokens = prepared.query_mask[0].nonzero().flatten()[:crop]
+    if not tokens.numel():  # no real token at all: an empty picture rather than an error
+        empty = torch.zeros(1, 1, device=prepared.q.device)
+        return empty, empty, torch.zeros(1, 1, dtype=torch.bool, device=empty.device)
+    q, k = prepared.q[:1, tokens].detach(), prepared.k[:1, tokens].detach()
+    expectation = expectation_weights(q, k, hash_code_len)[0]
+    query_codes, key_codes = codes[0][0, tokens], codes[1][0, tokens]
+    frequency = (query_codes[:, None, :] == key_codes[None, :, :]).float().mean(-1)
+    return expectation, frequency, torch.ones_like(expectation, dtype=torch.bool)
 
 
 def _ratio(error_sq: float, reference_sq: float) -> float:
@@ -191,25 +192,6 @@ def comparison_image(expectation: torch.Tensor, frequency: torch.Tensor, valid: 
     scale = max(1, IMAGE_SIDE // side)
     picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
     return (picture * 255).round().astype(np.uint8)
-
-
-@contextmanager
-def untouched_rng(device: torch.device) -> Iterator[None]:
-    """Run a block without advancing any RNG stream the training run draws from.
-
-    Iterating a DataLoader and YOSO's own hashing both draw from torch's global
-    RNG; restoring it keeps a run with the callback identical to one without.
-    """
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    accelerator = device.type != "cpu"
-    devices = [device.index if device.index is not None else 0] if accelerator else []
-    try:
-        with torch.random.fork_rng(devices=devices, device_type=device.type if accelerator else "cuda"):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 @contextmanager
@@ -289,8 +271,8 @@ class ApproximationMonitor(L.Callback):
         self._warned: set[str] = set()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sampled = [m for m in pl_module.modules() if isinstance(m, YOSOAttention) and not m.expectation]
-        if not sampled:
+        yoso = [m for m in pl_module.modules() if isinstance(m, YOSOAttention)]
+        if not any(not m.options.expectation for m in yoso):
             self._active = False
             if trainer.is_global_zero:
                 log.info("ApproximationMonitor: the model has no sampled YOSO attention; nothing to monitor.")
@@ -321,7 +303,7 @@ class ApproximationMonitor(L.Callback):
             return
         layers = [m for m in encoder.modules() if isinstance(m, YOSOAttention)]
         device = pl_module.device
-        with untouched_rng(device), eval_mode(pl_module):
+        with isolate_rng(), eval_mode(pl_module):
             batch = self._fixed_batch(trainer)
             if batch is None:
                 return
@@ -330,18 +312,10 @@ class ApproximationMonitor(L.Callback):
             generator.manual_seed(self.seed)
             results = {}
             for index, layer in enumerate(layers):
-                if layer.expectation or index not in captured:
+                if layer.options.expectation or index not in captured:
                     continue
-                q, k, v, mask = captured[index]
                 results[index] = measure_approximation(
-                    q, k, v, mask,
-                    num_hashes=layer.num_hashes,
-                    hash_code_len=layer.hash_code_len,
-                    lsh_backward=layer.lsh_backward,
-                    hashing=layer.hashing,
-                    backend=layer.backend,
-                    crop=self.crop,
-                    generator=generator,
+                    *captured[index], layer.options, crop=self.crop, generator=generator
                 )
         self._log(trainer, results, step)
         self.measurements += 1

@@ -132,7 +132,9 @@ class PaddingCollator:
             if is_ids:
                 if lead:
                     padded[:, 0] = self.cls_id
-                out[mask_name(field)] = torch.from_numpy(np.arange(width)[None, :] < (lengths + lead)[:, None])
+                out[mask_name(field)] = torch.from_numpy(
+                    np.arange(width)[None, :] < (lengths + lead)[:, None]
+                )
             out[field] = torch.from_numpy(padded)
         for key in batch[0]:
             if key in self.sequence_fields:
@@ -151,6 +153,12 @@ class TokenDataModule(pl.LightningDataModule):
     and, where preprocessing has options, ``cache_options()``. ``prepare_sources()``
     may create missing sources (ListOps generates them) or raise a clear error.
 
+    A subclass's ``__init__`` lists only its own options (and a base argument whose
+    default differs for the task) and passes the rest on with ``**kwargs``: LightningCLI
+    follows ``**kwargs`` here, so every key is still in the config. A base argument the
+    task sets itself is passed by keyword (hidden from the config) and named in
+    ``fixed_arguments`` (kept out of the hyperparameters, so ``cls(**hparams)`` works).
+
     Args:
         data_dir: the folder with the task's source files.
         max_length: longest sequence the model sees ([CLS] included); longer ones are
@@ -164,6 +172,7 @@ class TokenDataModule(pl.LightningDataModule):
     sequence_fields: ClassVar[tuple[str, ...]] = ("input_ids",)
     splits: ClassVar[tuple[str, ...]] = SPLITS
     pad_id: ClassVar[int] = 0
+    fixed_arguments: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -181,6 +190,9 @@ class TokenDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        # Once for every task: Lightning collects the arguments of this and the subclass's
+        # __init__ (its **kwargs included); checkpoints carry them to rebuild the DataModule.
+        self.save_hyperparameters(ignore=list(self.fixed_arguments))
         self.data_dir = Path(data_dir)
         self.max_length = max_length
         self.batch_size = batch_size
@@ -271,7 +283,9 @@ class TokenDataModule(pl.LightningDataModule):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        (staging / _COMPLETE).write_text(json.dumps({"options": self.cache_options(), "examples": counts}) + "\n")
+        (staging / _COMPLETE).write_text(
+            json.dumps({"options": self.cache_options(), "examples": counts}) + "\n"
+        )
         try:
             staging.rename(folder)  # atomic: a reader never sees a half-written cache
         except OSError:
@@ -343,7 +357,8 @@ class TokenDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by (seed, epoch), sharded over the ranks, resumable inside an epoch (``src.data.samplers``)."""
+        """Shuffled by (seed, epoch), sharded over the ranks, resumable inside an epoch
+        (``src.data.samplers``)."""
         replicas, rank = self._world()
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         sampler = ResumableSampler(self.dataset("train"), num_replicas=replicas, rank=rank, seed=seed)

@@ -33,7 +33,8 @@ def derived_seed(*parts: object) -> int:
 
 
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` (shuffled by ``seed + epoch``) that can skip the first ``k`` examples of one epoch."""
+    """``DistributedSampler`` (shuffled by ``seed + epoch``) that can skip the first ``k``
+    examples of one epoch."""
 
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  shuffle: bool = True) -> None:

@@ -61,7 +61,9 @@ class TextTokenizer:
         self.mask_id, self.unk_id = ids["mask"], ids["unk"]
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if max(ids.values()) >= self.vocab_size:
-            raise ValueError(f"{source}: special token ids {ids} exceed the vocabulary size {self.vocab_size}")
+            raise ValueError(
+                f"{source}: special token ids {ids} exceed the vocabulary size {self.vocab_size}"
+            )
         self.special_ids = tuple(sorted(set(ids.values())))
 
     @classmethod
@@ -94,7 +96,8 @@ class TextTokenizer:
         if not isinstance(text, str):
             raise ValueError(
                 f"{path} holds no tokenizer ('{TOKENIZER_KEY}'); it was not saved by an MLM or GLUE run "
-                "of this project. Give the tokenizer file instead: --data.init_args.tokenizer <tokenizer.json>"
+                "of this project. Give the tokenizer file instead: "
+                "--data.init_args.tokenizer <tokenizer.json>"
             )
         return cls.from_str(text, f"the tokenizer stored in {path}")
 
@@ -158,7 +161,7 @@ def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m src.data.tokenizer train --corpus <file|folder|dataset|builtin> --out tokenizer.json``."""
-    from src.data.mlm_corpus import DOCUMENT_MODES, iter_documents
+    from src.data.mlm.corpus import DOCUMENT_MODES, iter_documents
 
     parser = argparse.ArgumentParser(prog="python -m src.data.tokenizer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

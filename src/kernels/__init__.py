@@ -1,19 +1,13 @@
-"""YOSO attention ops: one entry point (``yoso_attention``) over the reference and compiled ops."""
+"""YOSO attention ops: one entry point (``yoso_attention``) over the reference and compiled kernels.
 
-from src.kernels.interface import (
-    draw_hash_parameters,
-    hash_codes,
-    normalize_rows,
-    select_ops,
-    sequence_conv,
-    yoso_attention,
-)
+The stack, top to bottom: ``interface`` (checks inputs once) -> ``options``
+(settings, validated once) -> ``pipeline`` (prepare, hash, cumulate, finish)
+-> ``autograd`` (the paper's surrogate backward) -> the kernels chosen by
+``backends``: ``ops`` (compiled, built by ``build``) or ``reference`` (the
+definition of correctness).
+"""
 
-__all__ = [
-    "draw_hash_parameters",
-    "hash_codes",
-    "normalize_rows",
-    "select_ops",
-    "sequence_conv",
-    "yoso_attention",
-]
+from src.kernels.interface import sequence_conv, yoso_attention
+from src.kernels.options import YOSOOptions
+
+__all__ = ["YOSOOptions", "sequence_conv", "yoso_attention"]

@@ -15,11 +15,14 @@ the paper replaces it with ``(tau/2) * B``, which gives (``G`` = grad of ``Y``):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from src.kernels.reference import expectation_weights
+
+if TYPE_CHECKING:
+    from src.kernels.backends import Kernels
 
 # arccos has an infinite slope at +-1: the exact gradient clamps the cosine just inside.
 _EXACT_COSINE_LIMIT = 1.0 - 1e-6
@@ -89,7 +92,7 @@ class ConvolvedOutput(torch.autograd.Function):
     transposed copy of the gradient.
 
     ``y``: ``[B, n, H, d]`` contiguous; ``value``: ``[BH, n, d]``; ``mask``:
-    ``[BH, n]`` bool; ``weight``: ``[H, w]``; ``impl``: ``ops`` or ``reference``.
+    ``[BH, n]`` bool; ``weight``: ``[H, w]``; ``kernels``: ``ops`` or ``reference``.
     """
 
     @staticmethod
@@ -100,22 +103,22 @@ class ConvolvedOutput(torch.autograd.Function):
         mask: torch.Tensor,
         weight: torch.Tensor,
         normalize: bool,
-        impl: Any,
+        kernels: Kernels,
     ) -> torch.Tensor:
         inverse = _inverse_row_norms(y) if normalize else None
-        out = impl.sequence_conv_add(y, inverse, value, mask, weight)  # y * inverse + conv, one pass
+        out = kernels.sequence_conv_add(y, inverse, value, mask, weight)  # y * inverse + conv, one pass
         ctx.save_for_backward(out, inverse, value, mask, weight)
-        ctx.impl = impl
+        ctx.kernels = kernels
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         out, inverse, value, mask, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_value, grad_weight = ctx.impl.sequence_conv_backward(grad, value, mask, weight)
+        grad_value, grad_weight = ctx.kernels.sequence_conv_backward(grad, value, mask, weight)
         if inverse is None:
             return grad, grad_value, None, grad_weight, None, None
-        rows = ctx.impl.sequence_conv_add(out, None, value, mask, -weight)  # normalised rows: sum - conv
+        rows = ctx.kernels.sequence_conv_add(out, None, value, mask, -weight)  # normalised rows: sum - conv
         return _normalize_backward(grad, rows, inverse), grad_value, None, grad_weight, None, None
 
 
@@ -180,7 +183,7 @@ class ExactExpectation(torch.autograd.Function):
 class LSHCumulation(torch.autograd.Function):
     """YOSO-m: hash-table forward; fused LSH (linear) or expectation (quadratic) backward.
 
-    ``impl`` is the module of ops (``ops`` compiled, or ``reference``); inputs are
+    ``kernels`` are ``ops`` (compiled) or ``reference`` (``backends.Kernels``); inputs are
     float32 with bool masks and int32 codes; ``bf16`` asks the compiled backward for
     bf16 contractions (``ops.lsh_backward``).
     """
@@ -197,7 +200,7 @@ class LSHCumulation(torch.autograd.Function):
         key_codes: torch.Tensor,
         hash_code_len: int,
         lsh_backward: bool,
-        impl: Any,
+        kernels: Kernels,
         bf16: bool = False,
     ) -> torch.Tensor:
         query, key = query.contiguous(), key.contiguous()
@@ -207,9 +210,9 @@ class LSHCumulation(torch.autograd.Function):
         ctx.save_for_backward(query_mask, key_mask, query, key, value, *stored)
         ctx.hash_code_len = hash_code_len
         ctx.lsh_backward = lsh_backward
-        ctx.impl = impl
+        ctx.kernels = kernels
         ctx.bf16 = bf16
-        return impl.lsh_cumulation(query_mask, query_codes, key_mask, key_codes, value, hash_code_len)
+        return kernels.lsh_cumulation(query_mask, query_codes, key_mask, key_codes, value, hash_code_len)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -218,7 +221,7 @@ class LSHCumulation(torch.autograd.Function):
         tau = ctx.hash_code_len
         grad = grad.float().contiguous()
         if ctx.lsh_backward:
-            grads = ctx.impl.lsh_backward(
+            grads = ctx.kernels.lsh_backward(
                 query_mask, query_codes, query, key_mask, key_codes, key, value, grad, tau, ctx.bf16
             )
         else:
@@ -229,7 +232,7 @@ class LSHCumulation(torch.autograd.Function):
 
 
 class SequenceConvolution(torch.autograd.Function):
-    """YOSO-C's convolution on V with the op pair's own backward (``impl.sequence_conv*``).
+    """YOSO-C's convolution on V with the op pair's own backward (``kernels.sequence_conv*``).
 
     Inputs as ``reference.sequence_conv`` (``[BH, n, d]`` values, ``[BH, n]`` bool mask,
     ``[H, w]`` filters), float32 and contiguous for the compiled ops.
@@ -237,14 +240,14 @@ class SequenceConvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, impl: Any
+        ctx: Any, value: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, kernels: Kernels
     ) -> torch.Tensor:
         ctx.save_for_backward(value, mask, weight)
-        ctx.impl = impl
-        return impl.sequence_conv(value, mask, weight)
+        ctx.kernels = kernels
+        return kernels.sequence_conv(value, mask, weight)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         value, mask, weight = ctx.saved_tensors
-        grad_value, grad_weight = ctx.impl.sequence_conv_backward(grad.contiguous(), value, mask, weight)
+        grad_value, grad_weight = ctx.kernels.sequence_conv_backward(grad.contiguous(), value, mask, weight)
         return grad_value, None, grad_weight, None

@@ -6,7 +6,7 @@ kernel per device type (``cpu``: the C++ extension, ``cuda``: the CUDA one),
 registered with ``register_kernel`` so that torch's dispatcher, not our code,
 picks it from the inputs' device. The extension is built on the first call
 (``build.extension``). The ops take what the extensions take: float32 data,
-bool masks, int32 codes, contiguous; ``interface.py`` prepares and validates.
+bool masks, int32 codes, contiguous; ``interface.py`` validates and ``pipeline.py`` prepares.
 The function names and signatures are those of ``reference.py``.
 """
 
@@ -63,26 +63,6 @@ def lsh_cumulation(
 
 @lsh_cumulation.register_fake
 def _(query_mask, query_codes, key_mask, key_codes, value, hash_code_len):
-    return value.new_empty((value.shape[0], query_codes.shape[1], value.shape[2]))
-
-
-@torch.library.custom_op("yoso::lsh_weighted_cumulation", mutates_args=())
-def lsh_weighted_cumulation(
-    query_mask: Tensor,
-    query_codes: Tensor,
-    query_weight: Tensor,
-    key_mask: Tensor,
-    key_codes: Tensor,
-    key_weight: Tensor,
-    value: Tensor,
-    hash_code_len: int,
-) -> Tensor:
-    """Weighted cumulation ``[BH, nq, dv]`` (``reference.lsh_weighted_cumulation``)."""
-    raise _no_kernel(value)
-
-
-@lsh_weighted_cumulation.register_fake
-def _(query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, hash_code_len):
     return value.new_empty((value.shape[0], query_codes.shape[1], value.shape[2]))
 
 
@@ -157,7 +137,7 @@ def _kernel(device_type: str, name: str) -> Callable:
     return run
 
 
-for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_weighted_cumulation, lsh_backward):
+for _op in (hash_gaussian, hash_fast, lsh_cumulation, lsh_backward):
     _name = _op._name.split("::")[-1]
     for _device in DEVICE_TYPES:
         _op.register_kernel(_device, _kernel(_device, _name))

@@ -22,18 +22,8 @@ import math
 
 import torch
 
-MAX_HASH_CODE_LEN = 16
 # Hash tables are processed in chunks so that one chunk stays below this size.
 _TABLE_CHUNK_BYTES = 64 * 2**20
-
-
-def check_hash_code_len(hash_code_len: int) -> None:
-    """Reject code lengths whose tables (2**tau rows) would be useless or huge."""
-    if not isinstance(hash_code_len, int) or not 1 <= hash_code_len <= MAX_HASH_CODE_LEN:
-        raise ValueError(
-            f"hash_code_len must be an int in [1, {MAX_HASH_CODE_LEN}] "
-            f"(the paper uses 8-12), got {hash_code_len!r}"
-        )
 
 
 def _bits_to_codes(projections: torch.Tensor, num_hashes: int, hash_code_len: int) -> torch.Tensor:
@@ -54,21 +44,9 @@ def hash_gaussian(x: torch.Tensor, projection: torch.Tensor, hash_code_len: int)
     Returns:
         ``[BH, n, m]`` int32 codes in ``[0, 2**tau)``.
     """
-    check_hash_code_len(hash_code_len)
     num_hashes = projection.shape[-1] // hash_code_len
     projected = torch.bmm(x.float(), projection.float())
     return _bits_to_codes(projected, num_hashes, hash_code_len)
-
-
-def fast_hash_dim(head_dim: int, hash_code_len: int) -> int:
-    """Padded width of the Hadamard hash: a power of two >= max(head_dim, tau)."""
-    return 1 << max(0, math.ceil(math.log2(max(head_dim, hash_code_len))))
-
-
-def fast_hash_num_parts(num_hashes: int, head_dim: int, hash_code_len: int) -> int:
-    """Number of random rotations needed: each yields ``D // tau`` hashes."""
-    per_part = fast_hash_dim(head_dim, hash_code_len) // hash_code_len
-    return -(-num_hashes // per_part)
 
 
 def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +67,8 @@ def hash_fast(x: torch.Tensor, signs: torch.Tensor, num_hashes: int, hash_code_l
     """Structured LSH: codes from the signs of ``H D3 H D2 H D1 x``.
 
     Args:
-        x: ``[BH, n, d]`` vectors; zero-padded to ``D = fast_hash_dim(d, tau)``.
+        x: ``[BH, n, d]`` vectors; zero-padded to ``D``, the smallest power of two
+            >= max(d, tau) (``YOSOOptions.fast_hash_width``).
         signs: ``[BH, 3, parts, D]`` random +-1 diagonals (float or int).
         num_hashes: ``m``; hash ``p * (D // tau) + s`` uses bits ``s*tau .. s*tau+tau-1``
             of rotation ``p``.
@@ -98,12 +77,12 @@ def hash_fast(x: torch.Tensor, signs: torch.Tensor, num_hashes: int, hash_code_l
     Returns:
         ``[BH, n, m]`` int32 codes.
     """
-    check_hash_code_len(hash_code_len)
     bh, n, d = x.shape
     width = signs.shape[-1]
     parts = signs.shape[2]
     per_part = width // hash_code_len
-    if width != fast_hash_dim(d, hash_code_len) or parts * per_part < num_hashes:
+    smallest = 1 << max(0, math.ceil(math.log2(max(d, hash_code_len))))
+    if width != smallest or parts * per_part < num_hashes:
         raise ValueError(
             f"signs of shape {tuple(signs.shape)} do not fit head_dim={d}, "
             f"num_hashes={num_hashes}, hash_code_len={hash_code_len}"
@@ -162,7 +141,6 @@ def lsh_cumulation(
     With queries and keys swapped (and ``value`` the output gradient) this is the
     ``dV`` of the LSH backward.
     """
-    check_hash_code_len(hash_code_len)
     bh, num_keys, dim = value.shape
     num_queries, num_hashes = query_codes.shape[1], query_codes.shape[2]
     value = value.float() * key_mask.unsqueeze(-1).to(torch.float32)
@@ -195,7 +173,6 @@ def lsh_weighted_cumulation(
     collisions: short sequences or long codes) or cumulate per-bucket tables of
     outer products ``b_j (x) v_j`` (many collisions).
     """
-    check_hash_code_len(hash_code_len)
     bh, num_keys, dim = value.shape
     num_queries, num_hashes = query_codes.shape[1], query_codes.shape[2]
     width = key_weight.shape[-1]

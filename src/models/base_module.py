@@ -3,21 +3,25 @@
 A task module adds only its head, its loss and its metrics. This class owns
 the optimizer and its warm-up/decay schedule, one ``model_step`` for every
 stage, one torchmetrics collection per stage (so DDP reductions never mix
-stages), the best validation value of the monitored metric (also written as
-TensorBoard's ``hp_metric``, the HPARAMS tab), tokens per second,
-``save_hyperparameters`` (a checkpoint rebuilds the model) and ``init_from``
-(start the encoder from another run's checkpoint).
+stages), the best validation value of the monitored metric (``val/<metric>_best``,
+also the metric of TensorBoard's HPARAMS tab), ``save_hyperparameters`` (a
+checkpoint rebuilds the model) and ``init_from`` (start the encoder from another
+run's checkpoint). Tokens per second: ``src.callbacks.throughput``.
 """
 
 from __future__ import annotations
 
-import time
+from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from torch.utils.tensorboard.summary import hparams
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
 from src.checkpoints import read_state_dict, state_mismatches
@@ -46,6 +50,9 @@ class TaskModule(pl.LightningModule):
 
     monitor: ClassVar[tuple[str, str]] = ("val/acc", "max")
     stages: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    # Lightning's ThroughputMonitor (src.callbacks.throughput) asks for this to log FLOPs;
+    # None: not measured (it then logs tokens and examples per second only, without a warning).
+    flops_per_batch: ClassVar[int | None] = None
 
     def __init__(
         self,
@@ -80,7 +87,6 @@ class TaskModule(pl.LightningModule):
             metric.dist_sync_on_step = True
         name, mode = self.monitor
         self.best_monitored = MaxMetric() if mode == "max" else MinMetric()
-        self._batch_started: float | None = None
 
     # -- what a task defines -------------------------------------------------------------
     def build_metrics(self) -> MetricCollection:
@@ -128,28 +134,19 @@ class TaskModule(pl.LightningModule):
         self.best_monitored(current)
         best = self.best_monitored.compute()
         self.log(f"{name}_best", best, prog_bar=True, sync_dist=True)
-        # TensorBoard's HPARAMS tab shows hp_metric beside the hyper-parameters.
-        self.log("hp_metric", best, sync_dist=True)
 
-    def on_test_epoch_end(self) -> None:
-        # Testing re-logs the hyper-parameters with hp_metric = -1 (Lightning's placeholder);
-        # put the best validation value back so the HPARAMS tab keeps it.
-        checkpoint = getattr(self.trainer, "checkpoint_callback", None)
-        score = getattr(checkpoint, "best_model_score", None)
-        if score is not None and getattr(checkpoint, "monitor", None) == self.monitor[0]:
-            self.log("hp_metric", score.to(self.device), sync_dist=True)
+    @rank_zero_only
+    def on_train_start(self) -> None:
+        """Make ``val/<metric>_best`` the metric of TensorBoard's HPARAMS tab (it shows the latest value).
 
-    # -- throughput --------------------------------------------------------------------------
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Log real (non-padding) tokens per second of this process."""
-        if self._batch_started is None:
-            return
-        elapsed = time.perf_counter() - self._batch_started
-        tokens = sum(float(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+        train.py's loggers have ``default_hp_metric=False``: no ``hp_metric`` series with a -1
+        placeholder. Only the tab's summary is written here; Lightning's ``log_hyperparams(params,
+        metrics)`` would also write the metric at step 0, a point no validation produced.
+        """
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for summary in hparams(scalar_params(logger.hparams), {f"{self.monitor[0]}_best": 0.0}):
+                    logger.experiment.file_writer.add_summary(summary)
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -166,6 +163,17 @@ class TaskModule(pl.LightningModule):
         """Load ``init_from`` before fitting, unless a resumed checkpoint will overwrite it anyway."""
         if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
             load_encoder_weights(self.encoder, self.hparams.init_from)
+
+
+def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Nested hyper-parameters as the flat ``a/b`` scalars that TensorBoard's HPARAMS tab takes."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in (vars(params) if isinstance(params, Namespace) else params).items():
+        if isinstance(value, (Mapping, Namespace)):
+            flat.update(scalar_params(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path) -> None:

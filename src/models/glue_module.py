@@ -22,7 +22,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from src.data.glue import GlueTask, get_task, prediction_strings
+from src.data.glue.tasks import GlueTask, get_task, prediction_strings
 from src.data.tokenizer import store_tokenizer
 from src.models.base_module import TaskModule
 from src.models.components.encoder import TransformerEncoder
@@ -64,9 +64,10 @@ class GlueClassifier(TaskModule):
         num_classes: outputs (linked: classes, 1 for STS-B).
         pooling: ``cls`` (linked: the data prepends the tokenizer's ``<s>``/``[CLS]``).
         head_hidden: hidden width of the head (default: the encoder's dim).
-        optimizer, learning_rate, weight_decay, warmup_steps, schedule: see ``TaskModule``.
-        init_from: the MLM checkpoint whose encoder starts this run (its tokenizer reaches the
-            DataModule through the same value).
+        **kwargs: ``TaskModule``'s optimizer, schedule and ``init_from``; here ``init_from`` is
+            the MLM checkpoint whose encoder starts this run (its tokenizer reaches the
+            DataModule through the same value). configs/glue/_base.yaml states the fine-tuning
+            ``learning_rate`` and ``warmup_steps``.
     """
 
     monitor: ClassVar[tuple[str, str]] = ("val/score", "max")
@@ -78,12 +79,7 @@ class GlueClassifier(TaskModule):
         num_classes: int = 2,
         pooling: str = "cls",
         head_hidden: int | None = None,
-        optimizer: str = "adam",
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: str = "linear",
-        init_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if task is None:
             raise ValueError("GlueClassifier needs a task (train.py links it from data.init_args.task)")
@@ -96,7 +92,7 @@ class GlueClassifier(TaskModule):
         suffixes = tuple(s for s in self.spec.dev if s)
         extra = (f"{stage}{s}" for s in suffixes for stage in ("val", "test"))
         self.stages = ("train", "val", "test", *extra)
-        super().__init__(encoder, optimizer, learning_rate, weight_decay, warmup_steps, schedule, init_from)
+        super().__init__(encoder, **kwargs)
         self.head = ClassificationHead(encoder.dim, head_hidden or encoder.dim, num_classes)
         self._predictions: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -21,8 +23,12 @@ class SequenceClassifier(TaskModule):
         pooling: ``"mean"`` over real tokens, or ``"cls"`` (position 0). Linked from the
             DataModule: ``cls`` exactly when the data prepends a [CLS] token.
         head_hidden: hidden width of the MLP head (default: 2 x encoder dim, the LRA FFN width).
-        **task_options: optimizer, schedule and ``init_from`` of ``TaskModule``.
+        **kwargs: ``TaskModule``'s optimizer, schedule and ``init_from`` (stated there once).
     """
+
+    # How many pooled ``dim``-vectors the head reads side by side; a subclass that feeds the
+    # head more features (Retrieval's document pair) says so here, and the head is built once.
+    head_features: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -30,20 +36,16 @@ class SequenceClassifier(TaskModule):
         num_classes: int = 10,
         pooling: str = "mean",
         head_hidden: int | None = None,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 1000,
-        schedule: str = "linear",
-        init_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes
-        super().__init__(encoder, optimizer, learning_rate, weight_decay, warmup_steps, schedule, init_from)
-        self.head = ClassificationHead(encoder.dim, head_hidden or 2 * encoder.dim, num_classes)
+        super().__init__(encoder, **kwargs)
+        self.head = ClassificationHead(self.head_features * encoder.dim, head_hidden or 2 * encoder.dim,
+                                       num_classes)
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({"acc": MulticlassAccuracy(self.num_classes, average="micro")})

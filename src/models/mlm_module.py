@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from src.data.mlm_datamodule import IGNORE_INDEX
+from src.data.mlm.mlm_datamodule import IGNORE_INDEX
 from src.data.tokenizer import store_tokenizer
 from src.models.base_module import TaskModule
 from src.models.components.encoder import TransformerEncoder
@@ -46,23 +46,14 @@ class MaskedLanguageModel(TaskModule):
 
     Args:
         encoder: the shared ``TransformerEncoder`` (its vocabulary is linked from the tokenizer).
-        optimizer, learning_rate, weight_decay, warmup_steps, schedule, init_from: see ``TaskModule``.
+        **kwargs: ``TaskModule``'s optimizer, schedule and ``init_from``.
     """
 
     monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
 
-    def __init__(
-        self,
-        encoder: TransformerEncoder,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 1000,
-        schedule: str = "linear",
-        init_from: str | None = None,
-    ) -> None:
+    def __init__(self, encoder: TransformerEncoder, **kwargs: Any) -> None:
         self.vocab_size = encoder.token_embedding.num_embeddings
-        super().__init__(encoder, optimizer, learning_rate, weight_decay, warmup_steps, schedule, init_from)
+        super().__init__(encoder, **kwargs)
         self.lm_head = LMHead(encoder.token_embedding)
 
     def build_metrics(self) -> MetricCollection:

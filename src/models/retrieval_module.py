@@ -8,11 +8,13 @@ head order-aware: swapping the documents may change the prediction.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from src.models.components.encoder import TransformerEncoder
-from src.models.components.heads import ClassificationHead, pool
+from src.models.components.heads import pool
 from src.models.lra_module import SequenceClassifier
 
 
@@ -20,25 +22,14 @@ class RetrievalClassifier(SequenceClassifier):
     """``SequenceClassifier`` with a two-document input and the matching head.
 
     Batches carry ``input_ids``/``attention_mask`` and ``input_ids_1``/``attention_mask_1``.
-    Arguments as in ``SequenceClassifier`` (``head_hidden`` defaults to 2 x encoder dim).
+    Arguments as in ``SequenceClassifier`` (``head_hidden`` defaults to 2 x encoder dim); only
+    the default of ``num_classes`` differs: a pair matches or not.
     """
 
-    def __init__(
-        self,
-        encoder: TransformerEncoder,
-        num_classes: int = 2,
-        pooling: str = "mean",
-        head_hidden: int | None = None,
-        optimizer: str = "adam",
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 1000,
-        schedule: str = "linear",
-        init_from: str | None = None,
-    ) -> None:
-        super().__init__(encoder, num_classes, pooling, head_hidden, optimizer, learning_rate,
-                         weight_decay, warmup_steps, schedule, init_from)
-        self.head = ClassificationHead(4 * encoder.dim, head_hidden or 2 * encoder.dim, num_classes)
+    head_features: ClassVar[int] = 4  # [X0, X1, X0 * X1, X0 - X1]
+
+    def __init__(self, encoder: TransformerEncoder, num_classes: int = 2, **kwargs: Any) -> None:
+        super().__init__(encoder, num_classes, **kwargs)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled ``[B, dim]`` vector of one document."""

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from src.callbacks.approximation import ApproximationMonitor, measure_approximation
+from src.kernels import YOSOOptions
 from src.models.components.attention import SoftmaxAttention, YOSOAttention
 from src.models.components.encoder import TransformerEncoder
 
@@ -124,8 +125,8 @@ def test_more_hashes_track_the_expectation_better():
     mask = RandomTokens(4, seed=3).mask
 
     def errors(num_hashes: int) -> tuple[float, float]:
-        stats = measure_approximation(q, k, v, mask, num_hashes=num_hashes, hash_code_len=4,
-                                      generator=torch.Generator().manual_seed(0))
+        options = YOSOOptions(hash_code_len=4, num_hashes=num_hashes)
+        stats = measure_approximation(q, k, v, mask, options, generator=torch.Generator().manual_seed(0))
         return stats.rel_err, stats.grad_rel_err
 
     (err_8, grad_8), (err_64, grad_64) = errors(8), errors(64)

@@ -36,7 +36,9 @@ def test_trained_tokenizer_has_the_special_tokens_and_round_trips(tmp_path, kind
 
 
 def test_a_tokenizer_without_a_mask_token_is_rejected(tmp_path):
-    bare = Tokenizer(models.WordLevel({"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3, "word": 4}, unk_token="<unk>"))
+    bare = Tokenizer(models.WordLevel(
+        {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3, "word": 4}, unk_token="<unk>"
+    ))
     path = tmp_path / "tokenizer.json"
     bare.save(str(path))
     with pytest.raises(ValueError, match=r"no mask token \(looked for <mask> or \[MASK\]\)"):

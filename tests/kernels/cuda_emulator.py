@@ -30,7 +30,6 @@ LAUNCHERS = (
     "yoso_hash_gaussian",
     "yoso_hash_fast",
     "yoso_lsh_cumulation",
-    "yoso_lsh_weighted_cumulation",
     "yoso_lsh_cumulation_workspace_bytes",
     "yoso_lsh_backward",
     "yoso_lsh_backward_workspace_bytes",
@@ -263,10 +262,9 @@ def build_emulation(tmp: Path, source: str | None = None, tsan: bool = False) ->
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.yoso_hash_gaussian.argtypes = [p, p, p, i64, i64, i64, i64, i32, p]
     lib.yoso_hash_fast.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, p]
-    lib.yoso_lsh_cumulation_workspace_bytes.argtypes = [i64, i64, i64, i64, i32]
+    lib.yoso_lsh_cumulation_workspace_bytes.argtypes = [i64, i64, i64, i32]
     lib.yoso_lsh_cumulation_workspace_bytes.restype = ctypes.c_size_t
     lib.yoso_lsh_cumulation.argtypes = [p, p, p, p, p, p, p] + [i64] * 5 + [i32, p]
-    lib.yoso_lsh_weighted_cumulation.argtypes = [p] * 9 + [i64] * 6 + [i32, p]
     lib.yoso_lsh_backward_workspace_bytes.argtypes = [i64, i64, i64, i64, i32]
     lib.yoso_lsh_backward_workspace_bytes.restype = ctypes.c_size_t
     lib.yoso_lsh_backward.argtypes = [p] * 12 + [i64] * 6 + [i32, p]
@@ -277,7 +275,7 @@ def build_emulation(tmp: Path, source: str | None = None, tsan: bool = False) ->
 
 
 class EmulatedOps:
-    """The four ops on CPU tensors through the emulated launchers."""
+    """The hashes and the cumulation on CPU tensors through the emulated launchers."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
@@ -336,10 +334,10 @@ class EmulatedOps:
         )
         return codes
 
-    def _workspace(self, bh, m, w, dv, tau):
+    def _workspace(self, bh, m, dv, tau):
         import torch
 
-        size = self.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, w, dv, tau)
+        size = self.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, dv, tau)
         return torch.empty(max(1, size // 4), dtype=torch.float32)
 
     def lsh_cumulation(self, qm, qc, km, kc, value, tau):
@@ -351,7 +349,7 @@ class EmulatedOps:
         bh, nk, dv = value.shape
         nq, m = qc.shape[1], qc.shape[2]
         out = torch.full((bh, nq, dv), float("nan"))
-        ws = self._workspace(bh, m, 1, dv, tau)
+        ws = self._workspace(bh, m, dv, tau)
         self._check(
             self.lib.yoso_lsh_cumulation(
                 self._ptr(qm),
@@ -370,40 +368,6 @@ class EmulatedOps:
                 None,
             ),
             "lsh_cumulation",
-        )
-        return out
-
-    def lsh_weighted_cumulation(self, qm, qc, qw, km, kc, kw, value, tau):
-        import torch
-
-        qm, km = qm.bool().contiguous(), km.bool().contiguous()
-        qc, kc = qc.int().contiguous(), kc.int().contiguous()
-        qw, kw, value = (t.float().contiguous() for t in (qw, kw, value))
-        bh, nk, dv = value.shape
-        nq, m, w = qc.shape[1], qc.shape[2], kw.shape[2]
-        out = torch.full((bh, nq, dv), float("nan"))
-        ws = self._workspace(bh, m, w, dv, tau)
-        self._check(
-            self.lib.yoso_lsh_weighted_cumulation(
-                self._ptr(qm),
-                self._ptr(qc),
-                self._ptr(qw),
-                self._ptr(km),
-                self._ptr(kc),
-                self._ptr(kw),
-                self._ptr(value),
-                self._ptr(out),
-                self._ptr(ws),
-                bh,
-                nq,
-                nk,
-                m,
-                w,
-                dv,
-                tau,
-                None,
-            ),
-            "lsh_weighted_cumulation",
         )
         return out
 
@@ -467,6 +431,7 @@ def check_emulate() -> None:
     import torch
 
     from src.kernels import reference as ref
+    from src.kernels.options import YOSOOptions
 
     with tempfile.TemporaryDirectory(prefix="yoso_emu_") as tmp:
         ops = EmulatedOps(build_emulation(Path(tmp)))
@@ -497,8 +462,8 @@ def check_emulate() -> None:
             assert bool((projected.abs()[bits.bool()] < 1e-5).all()), "gaussian codes differ"
             assert not bool(got[:, -1].any()), "zero vectors must hash to code 0"
             # Fast hash: bit-identical.
-            width = ref.fast_hash_dim(d, tau)
-            parts = ref.fast_hash_num_parts(m, d, tau)
+            options = YOSOOptions(hash_code_len=tau, num_hashes=m, hashing="fast")
+            width, parts = options.fast_hash_width(d), options.fast_hash_parts(d)
             signs = torch.randint(0, 2, (bh, 3, parts, width), generator=gen).float() * 2 - 1
             qc = ops.hash_fast(q, signs, m, tau)
             assert torch.equal(qc, ref.hash_fast(q, signs, m, tau)), "fast codes differ"
@@ -509,34 +474,25 @@ def check_emulate() -> None:
             want = ref.lsh_cumulation(qm, qc, km, kc, v, tau)
             bound = ref.lsh_cumulation(qm, qc, km, kc, v.abs(), tau)
             assert bool(((got - want).abs() <= 1e-5 * bound + 1e-7).all()), "cumulation differs"
-            qw = torch.randn(bh, nq, d, generator=gen)
-            got = ops.lsh_weighted_cumulation(qm, qc, qw, km, kc, k, v, tau)
-            want = ref.lsh_weighted_cumulation(qm, qc, qw, km, kc, k, v, tau)
-            bound = ref.lsh_weighted_cumulation(qm, qc, qw.abs(), km, kc, k.abs(), v.abs(), tau)
-            assert bool(((got - want).abs() <= 1e-5 * bound + 1e-7).all()), "weighted differs"
             checked += 1
-        # Chunked paths: tables above the workspace budget, split over columns
-        # (dv 1100), hashes (m 20), heads (bh 3) and weight coordinates (w 40).
-        for bh, nq, nk, w, dv, m, tau in [
-            (2, 3, 5, 1, 1100, 3, 16),
-            (3, 7, 9, 2, 64, 20, 16),
-            (2, 6, 5, 40, 40, 3, 16),
+        # Chunked paths: tables above the workspace budget (2**16 buckets x 1024
+        # floats), split over columns (dv 1100), hashes (m 20 > 16 per chunk) and
+        # heads (dv 400: 2 hashes and 1 head per chunk).
+        for bh, nq, nk, dv, m, tau in [
+            (2, 3, 5, 1100, 3, 16),
+            (3, 7, 9, 64, 20, 16),
+            (3, 6, 5, 400, 2, 16),
         ]:
             qc = torch.randint(0, 3, (bh, nq, m), generator=gen, dtype=torch.int32)
             kc = torch.randint(0, 3, (bh, nk, m), generator=gen, dtype=torch.int32)
             qm = torch.rand(bh, nq, generator=gen) > 0.2
             km = torch.rand(bh, nk, generator=gen) > 0.2
             v = torch.randn(bh, nk, dv, generator=gen)
-            qw = torch.randn(bh, nq, w, generator=gen)
-            kw = torch.randn(bh, nk, w, generator=gen)
-            ws = ops.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, w, dv, tau)
+            ws = ops.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, dv, tau)
             assert ws <= 256 << 20, ws
             got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)
             want = ref.lsh_cumulation(qm, qc, km, kc, v, tau)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-            got = ops.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, v, tau)
-            want = ref.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, v, tau)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             checked += 1
         checked += check_emulated_backward(ops)
         print(f"emulate: {checked} cases match the reference")
@@ -594,7 +550,6 @@ def run_case(lib: ctypes.CDLL) -> None:
     ops.hash_gaussian(x, torch.randn(1, 32, 2 * tau), tau)
     ops.hash_fast(x, torch.ones(1, 3, 1, 32), 2, tau)
     ops.lsh_cumulation(qm, qc, km, kc, v, tau)
-    ops.lsh_weighted_cumulation(qm, qc, g, km, kc, v, k, tau)
     got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
     want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
     for a, b in zip(got, want):

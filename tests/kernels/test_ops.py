@@ -5,7 +5,7 @@ parameters, every op must reproduce ``reference.py``. Cumulations agree to
 float32 rounding relative to the sum of absolute terms (the reference run on
 absolute values); codes are identical except Gaussian bits whose projection is
 within 1e-5 of zero (summation order decides those). CUDA cases skip without a
-GPU; CPU cases skip without a compiler.
+GPU; CPU cases skip without a compiler and fail where the build fails.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import math
 import pytest
 import torch
 
-from src.kernels import build, interface, ops
+from src.kernels import backends, build, ops
 from src.kernels import reference as ref
-from src.kernels.interface import draw_hash_parameters, hash_codes, normalize_rows, yoso_attention
+from src.kernels.interface import yoso_attention
+from src.kernels.options import YOSOOptions
+from src.kernels.pipeline import draw_hash_parameters, hash_vectors, normalize_rows
 from tests.kernels.cpu_isas import each_cpu_isa
+from tests.kernels.extension import compiled_extension
 
 CUDA_MARKS = [
     pytest.mark.cuda,
@@ -31,10 +34,7 @@ SUM_RTOL = 3e-5  # relative to sum_j |term_j|: float32 sums in any order
 @pytest.fixture(params=DEVICES, scope="module")
 def device(request) -> torch.device:
     """A device whose compiled kernels build here (built once, then cached)."""
-    try:
-        build.extension(request.param)
-    except RuntimeError as error:
-        pytest.skip(str(error))
+    compiled_extension(request.param)
     return torch.device(request.param)
 
 
@@ -92,12 +92,6 @@ def cumulation_args(c: dict, absolute: bool = False) -> tuple:
     return c["query_mask"], c["query_codes"], c["key_mask"], c["key_codes"], value, c["tau"]
 
 
-def weighted_args(c: dict, absolute: bool = False) -> tuple:
-    f = torch.abs if absolute else (lambda t: t)
-    return (c["query_mask"], c["query_codes"], f(c["grad"]), c["key_mask"], c["key_codes"],
-            f(c["value"]), f(c["key"]), c["tau"])
-
-
 def backward_args(c: dict, absolute: bool = False) -> tuple:
     f = torch.abs if absolute else (lambda t: t)
     return (c["query_mask"], c["query_codes"], f(c["query"]), c["key_mask"], c["key_codes"],
@@ -118,9 +112,6 @@ def assert_sums_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor
 def check_all_ops(c: dict) -> None:
     assert_sums_close(ops.lsh_cumulation(*cumulation_args(c)), ref.lsh_cumulation(*cumulation_args(c)),
                       ref.lsh_cumulation(*cumulation_args(c, absolute=True)))
-    assert_sums_close(ops.lsh_weighted_cumulation(*weighted_args(c)),
-                      ref.lsh_weighted_cumulation(*weighted_args(c)),
-                      ref.lsh_weighted_cumulation(*weighted_args(c, absolute=True)))
     got = ops.lsh_backward(*backward_args(c))
     want = ref.lsh_backward(*backward_args(c))
     bound = ref.lsh_backward(*backward_args(c, absolute=True))
@@ -131,7 +122,7 @@ def check_all_ops(c: dict) -> None:
 
 # --------------------------------------------------------------------------- cumulations
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_cumulations_and_backward_match_reference(device, case):
+def test_cumulation_and_backward_match_reference(device, case):
     c = random_case(case, seed=sum(case), device=device)
     check_all_ops(c)
     dq, dk, dv = ops.lsh_backward(*backward_args(c))
@@ -194,10 +185,7 @@ def test_out_of_range_codes_and_bad_shapes_are_refused(device):
 # --------------------------------------------------------------------------- bf16 backward
 def bf16_extension():
     """The CPU extension, where its bf16 backward runs (AVX512-BF16); skips otherwise."""
-    try:
-        extension = build.extension("cpu")
-    except RuntimeError as error:
-        pytest.skip(str(error))
+    extension = compiled_extension("cpu")
     if not extension.bf16_supported():
         pytest.skip("this CPU has no AVX512-BF16: the bf16 option runs in float32")
     return extension
@@ -282,7 +270,7 @@ def test_backward_precision_option_through_yoso_attention():
         assert not torch.equal(bf16[0], fp32[0]) and not torch.equal(bf16[1], fp32[1])
         assert torch.equal(bf16[2], fp32[2])
     with pytest.raises(ValueError, match="backward_precision"):
-        yoso_attention(q, k, v, backward_precision="half")
+        yoso_attention(q, k, v, backward_precision="half", hash_code_len=5)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -314,9 +302,10 @@ def test_hashing_matches_reference(device, hashing, n, d, m, tau):
     g = generator(n + d + m + tau)
     x = normalize_rows(torch.randn(3, n, d, generator=g)).to(device)
     x[:, -1] = 0.0  # a zero row (padding after normalisation): all bits 0
-    params = draw_hash_parameters(3, d, m, tau, hashing, torch.device("cpu"), g).to(device)
-    got = hash_codes(x, params, m, tau, hashing, ops)
-    want = hash_codes(x, params, m, tau, hashing, ref)
+    options = YOSOOptions(tau, m, hashing=hashing)
+    params = draw_hash_parameters(3, d, options, torch.device("cpu"), g).to(device)
+    got = hash_vectors(x, params, options, ops)
+    want = hash_vectors(x, params, options, ref)
     if hashing == "gaussian":
         values = torch.bmm(x.double(), params.double()).reshape(3, n, m, tau)
     else:
@@ -338,8 +327,9 @@ def test_collision_rates_match_theory(device, hashing, tau):
     w = normalize_rows(w - (w @ u) * u)
     points = torch.stack([u] + [math.cos(t) * u + math.sin(t) * w for t in thetas])
     x = points.expand(heads, -1, -1).contiguous().to(device)
-    params = draw_hash_parameters(heads, d, m, tau, hashing, torch.device("cpu"), g).to(device)
-    codes = hash_codes(x, params, m, tau, hashing, ops)
+    options = YOSOOptions(tau, m, hashing=hashing)
+    params = draw_hash_parameters(heads, d, options, torch.device("cpu"), g).to(device)
+    codes = hash_vectors(x, params, options, ops)
     for index, theta in enumerate(thetas, start=1):
         rate = (codes[:, 0] == codes[:, index]).double().mean().item()
         expected = (1 - theta / math.pi) ** tau
@@ -385,10 +375,9 @@ def test_ops_trace_as_custom_ops(device):
     torch.testing.assert_close(compiled(*args), fn(*args), rtol=0, atol=0)
     x = torch.randn(2, 20, 8, device=device)
     opcheck(ops.lsh_cumulation, cumulation_args(c))
-    opcheck(ops.lsh_weighted_cumulation, weighted_args(c))
     opcheck(ops.lsh_backward, backward_args(c))
     opcheck(ops.hash_gaussian, (x, torch.randn(2, 8, 12, device=device), 4))
-    signs = draw_hash_parameters(2, 8, 3, 4, "fast", torch.device("cpu")).to(device)
+    signs = draw_hash_parameters(2, 8, YOSOOptions(4, 3, hashing="fast"), torch.device("cpu")).to(device)
     opcheck(ops.hash_fast, (x, signs, 3, 4))
 
 
@@ -398,8 +387,8 @@ def no_compiler(monkeypatch, tmp_path):
     """A fresh build state in which no compiler can be found."""
     monkeypatch.setattr(build, "_LOADED", {})
     monkeypatch.setattr(build, "_FAILED", {})
-    monkeypatch.setattr(interface, "_WARNED", set())
-    monkeypatch.delenv(interface.BACKEND_ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "_ANNOUNCED", set())
+    monkeypatch.delenv(backends.BACKEND_ENV_VAR, raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
     monkeypatch.setenv(build.BUILD_DIR_ENV_VAR, str(tmp_path / "build"))
 
@@ -431,11 +420,11 @@ def test_auto_falls_back_to_reference_with_one_warning(no_compiler):
 def test_backend_names_and_devices_are_checked(monkeypatch):
     cpu = torch.device("cpu")
     q = torch.randn(1, 1, 4, 8)
-    monkeypatch.setenv(interface.BACKEND_ENV_VAR, "reference")
-    assert interface.select_ops(cpu) is ref
-    monkeypatch.delenv(interface.BACKEND_ENV_VAR)
+    monkeypatch.setenv(backends.BACKEND_ENV_VAR, "reference")
+    assert backends.select_kernels(cpu) is ref
+    monkeypatch.delenv(backends.BACKEND_ENV_VAR)
     with pytest.raises(ValueError, match="unknown YOSO backend"):
-        yoso_attention(q, q, q, backend="triton")
+        yoso_attention(q, q, q, backend="triton", hash_code_len=4)
     # A CPU tensor handed to the CUDA kernels is refused, never silently run on CPU.
     with pytest.raises(ValueError, match="runs on cuda tensors"):
-        yoso_attention(q, q, q, backend="cuda")
+        yoso_attention(q, q, q, backend="cuda", hash_code_len=4)

@@ -10,7 +10,8 @@ import torch
 
 from src.kernels import reference as ref
 from src.kernels import yoso_attention
-from src.kernels.interface import draw_hash_parameters
+from src.kernels.options import YOSOOptions
+from src.kernels.pipeline import draw_hash_parameters
 
 CPU = torch.device("cpu")
 
@@ -101,7 +102,7 @@ def test_collision_rate_matches_closed_form(hashing):
         pair = pair_at_angle(theta, dim, gen)
         x = pair.unsqueeze(0).repeat(trials, 1, 1)  # [trials, 2, d]
         for tau in (1, 4, 8):
-            params = draw_hash_parameters(trials, dim, m, tau, hashing, CPU, gen)
+            params = draw_hash_parameters(trials, dim, YOSOOptions(tau, m, hashing=hashing), CPU, gen)
             if hashing == "gaussian":
                 codes = ref.hash_gaussian(x, params, tau)
             else:
@@ -120,7 +121,7 @@ def test_keys_are_hashed_as_keys():
     gen = torch.Generator().manual_seed(3)
     q = unit(torch.randn(1, 8, 16, generator=gen))
     k = -q  # antipodal keys never collide with their query
-    params = draw_hash_parameters(1, 16, 4, 6, "gaussian", CPU, gen)
+    params = draw_hash_parameters(1, 16, YOSOOptions(6, 4), CPU, gen)
     qc = ref.hash_gaussian(q, params, 6)
     kc = ref.hash_gaussian(k, params, 6)
     assert not bool((qc == kc).any())
@@ -154,10 +155,10 @@ def test_sampling_is_unbiased_and_error_falls_like_inverse_sqrt_m():
 def test_same_seed_same_output_and_new_hashes_each_call():
     q, k, v, mask = random_inputs(seed=6)
     torch.manual_seed(11)
-    first = yoso_attention(q, k, v, mask, num_hashes=8)
-    second = yoso_attention(q, k, v, mask, num_hashes=8)
+    first = yoso_attention(q, k, v, mask, num_hashes=8, hash_code_len=8)
+    second = yoso_attention(q, k, v, mask, num_hashes=8, hash_code_len=8)
     torch.manual_seed(11)
-    replay = yoso_attention(q, k, v, mask, num_hashes=8)
+    replay = yoso_attention(q, k, v, mask, num_hashes=8, hash_code_len=8)
     assert torch.equal(first, replay)
     assert not torch.equal(first, second)
 
@@ -167,12 +168,18 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="hash_code_len"):
         yoso_attention(q, k, v, mask, hash_code_len=0)
     with pytest.raises(ValueError, match="num_hashes"):
-        yoso_attention(q, k, v, mask, num_hashes=0)
+        yoso_attention(q, k, v, mask, num_hashes=0, hash_code_len=8)
     with pytest.raises(ValueError, match="only 0"):
-        yoso_attention(q, k, v, 1 + mask / 10000)
+        yoso_attention(q, k, v, 1 + mask / 10000, hash_code_len=8)
     with pytest.raises(ValueError, match="shape"):
-        yoso_attention(q, k, v, mask[:, :-1])
+        yoso_attention(q, k, v, mask[:, :-1], hash_code_len=8)
     with pytest.raises(ValueError, match="hashing"):
-        yoso_attention(q, k, v, mask, hashing="rotations")
+        yoso_attention(q, k, v, mask, hashing="rotations", hash_code_len=8)
     with pytest.raises(ValueError, match="batch, heads"):
-        yoso_attention(q[0], k[0], v[0], mask)
+        yoso_attention(q[0], k[0], v[0], mask, hash_code_len=8)
+    with pytest.raises(TypeError, match="hash_code_len"):  # no default: tau belongs to the task
+        yoso_attention(q, k, v, mask)
+    with pytest.raises(TypeError, match="its options are: hash_code_len, num_hashes"):
+        yoso_attention(q, k, v, mask, hash_code_len=8, num_hash=4)
+    with pytest.raises(ValueError, match="not both"):
+        yoso_attention(q, k, v, mask, options=YOSOOptions(8), num_hashes=4)

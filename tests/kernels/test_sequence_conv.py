@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.kernels import build, ops
+from src.kernels import ops
 from src.kernels import reference as ref
 from src.kernels.autograd import ConvolvedOutput, RowNormalize, SequenceConvolution
 from src.kernels.interface import sequence_conv
 from tests.kernels.cpu_isas import each_cpu_isa
+from tests.kernels.extension import compiled_extension
 
 SUM_RTOL = 3e-5  # relative to the sum of absolute terms: float32 sums in any order
 CUDA_MARKS = [
@@ -36,10 +37,7 @@ CASE_IDS = ["bh{}-h{}-n{}-d{}-w{}".format(*case) for case in CASES]
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA_MARKS)], scope="module")
 def device(request) -> torch.device:
     if request.param == "cpu":
-        try:
-            build.extension("cpu")
-        except RuntimeError as error:
-            pytest.skip(str(error))
+        compiled_extension("cpu")
     return torch.device(request.param)
 
 
@@ -145,10 +143,7 @@ def test_masked_rows_are_ignored_even_when_not_finite(device):
 
 
 def test_filter_gradient_does_not_depend_on_thread_count():
-    try:
-        build.extension("cpu")
-    except RuntimeError as error:
-        pytest.skip(str(error))
+    compiled_extension("cpu")
     value, mask, weight, grad = random_case((6, 2, 700, 32, 31), seed=4)
     threads = torch.get_num_threads()
     try:
@@ -272,10 +267,7 @@ def test_bad_inputs_are_refused_with_the_reason():
         sequence_conv(value, torch.ones(2, 9), torch.randn(3, 5))
     with pytest.raises(ValueError, match="head_dim"):
         sequence_conv(value[0], None, torch.randn(3, 5))
-    try:
-        extension = build.extension("cpu")
-    except RuntimeError:
-        return
+    extension = compiled_extension("cpu")
     flat, mask = value.reshape(6, 10, 4), torch.ones(6, 10, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="does not divide"):
         extension.sequence_conv(flat, mask, torch.randn(4, 5))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.glue import TASKS, get_task
+from src.data.glue.tasks import TASKS, get_task
 from src.models.components.attention import SoftmaxAttention
 from src.models.components.encoder import TransformerEncoder
 from src.models.glue_module import GlueClassifier, write_leaderboard

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.data import DataLoader
 
 from src.models.base_module import load_encoder_weights
@@ -81,7 +82,7 @@ def test_model_step_updates_stage_metrics_with_the_right_values():
     assert all(p.grad is not None for p in model.head.parameters())
 
 
-def test_fit_logs_hp_metric_as_best_validation_accuracy(tmp_path):
+def test_fit_logs_best_validation_accuracy_as_the_hparams_metric(tmp_path):
     pl.seed_everything(0)
     model = SequenceClassifier(encoder(), num_classes=2, learning_rate=1e-2, warmup_steps=0)
     batches = toy_batches()
@@ -97,8 +98,9 @@ def test_fit_logs_hp_metric_as_best_validation_accuracy(tmp_path):
     best = [e.value for e in events.Scalars("val/acc_best")]
     accs = [e.value for e in events.Scalars("val/acc")]
     assert best == [max(accs[: i + 1]) for i in range(len(accs))]
-    assert [e.value for e in events.Scalars("hp_metric")] == best
-    assert "train/tokens_per_s" in events.Tags()["scalars"]
+    assert "hp_metric" not in events.Tags()["scalars"]
+    experiment = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert [m.name.tag for m in experiment.experiment.metric_infos] == ["val/acc_best"]
 
 
 def test_init_from_loads_encoder_weights_and_names_mismatches(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from src.data.mlm_datamodule import IGNORE_INDEX
+from src.data.mlm.mlm_datamodule import IGNORE_INDEX
 from src.models.components.attention import SoftmaxAttention
 from src.models.components.encoder import TransformerEncoder
 from src.models.mlm_module import MaskedLanguageModel

@@ -7,6 +7,7 @@ import torch
 
 from src.models.components.attention import SoftmaxAttention
 from src.models.components.encoder import TransformerEncoder
+from src.models.components.heads import ClassificationHead
 from src.models.retrieval_module import RetrievalClassifier
 
 
@@ -71,3 +72,26 @@ def test_a_training_step_reaches_encoder_and_head():
     assert net.encoder.layers[0].attention.query.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.head.parameters())
     assert net.hparams.head_hidden == 24 and net.hparams.num_classes == 2
+
+
+def test_the_head_is_built_once_right_after_the_encoder():
+    """No throw-away SequenceClassifier head: the head's weights are the next RNG draws."""
+    net = model()
+    torch.manual_seed(0)
+    TransformerEncoder(vocab_size=257, max_length=32, attention=SoftmaxAttention, dim=16, depth=1,
+                       num_heads=2, head_dim=8, ffn_dim=32, dropout=0.0)
+    expected = ClassificationHead(4 * 16, 24, 2)
+    for built, drawn in zip(net.head.parameters(), expected.parameters()):
+        torch.testing.assert_close(built, drawn, rtol=0, atol=0)
+
+
+def test_hyperparameters_hold_every_argument_for_the_checkpoint():
+    """``**kwargs`` reach ``TaskModule``; ``save_hyperparameters`` still records them (defaults too)."""
+    net = model()
+    hparams = {k: v for k, v in net.hparams.items() if k != "encoder"}
+    assert hparams == {"num_classes": 2, "pooling": "mean", "head_hidden": 24, "optimizer": "adam",
+                       "learning_rate": 1e-4, "weight_decay": 0.0, "warmup_steps": 1000,
+                       "schedule": "linear", "init_from": None}
+    tuned = RetrievalClassifier(net.encoder, optimizer="adamw", learning_rate=3e-4, schedule="cosine")
+    assert (tuned.hparams.optimizer, tuned.hparams.learning_rate, tuned.hparams.schedule) == \
+        ("adamw", 3e-4, "cosine")

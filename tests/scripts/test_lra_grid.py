@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from src.lra_tasks import TASKS
+
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("lra_grid", ROOT / "scripts" / "lra_grid.py")
 lra_grid = importlib.util.module_from_spec(_spec)
@@ -32,9 +34,9 @@ def test_all_expands_to_every_task_and_overlay(capsys):
     assert lra_grid.main(["--tasks", "all", "--attentions", "all", "--print"]) == 0
     lines = capsys.readouterr().out.splitlines()
     overlays = sorted(p.stem for p in (ROOT / "configs" / "attention").glob("*.yaml"))
-    assert len(lines) == 5 * len(overlays)
+    assert len(lines) == len(TASKS) * len(overlays)
     first = f"configs/attention/{overlays[0]}.yaml"
-    assert lines[0] == f"python train.py --config configs/lra/listops.yaml --config {first}"
+    assert lines[0] == f"python train.py --config {TASKS['listops'].config} --config {first}"
     assert all((ROOT / part).is_file() for line in lines for part in line.split() if part.endswith(".yaml"))
 
 

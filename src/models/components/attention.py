@@ -11,22 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.kernels import yoso_attention
-from src.kernels.interface import HASHINGS, PRECISIONS, Precision, as_bool_mask
-from src.kernels.reference import check_hash_code_len
+from src.kernels import YOSOOptions, yoso_attention
+from src.kernels.options import Hashing, Precision
+from src.models.components.masks import as_bool_mask
 from src.models.components.sequence_conv import SequenceConv
 
-
-def check_yoso_options(
-    num_heads: int, head_dim: int, hash_code_len: int, num_hashes: int, hashing: str
-) -> None:
-    """Fail when the model is built, not at the first batch, with the range each option supports."""
-    for name, value in (("num_heads", num_heads), ("head_dim", head_dim), ("num_hashes", num_hashes)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"YOSOAttention: {name} must be an int >= 1, got {value!r}")
-    check_hash_code_len(hash_code_len)
-    if hashing not in HASHINGS:
-        raise ValueError(f"YOSOAttention: hashing must be one of {HASHINGS}, got {hashing!r}")
+_DEFAULT = YOSOOptions  # field defaults are class attributes: one set of defaults, in options.py
 
 
 class YOSOAttention(nn.Module):
@@ -35,17 +25,11 @@ class YOSOAttention(nn.Module):
     Args:
         num_heads: heads ``H``; the YOSO-C convolution has one filter per head.
         head_dim: per-head dim ``d``.
-        hash_code_len: ``tau`` bits per hash. Required: tau belongs to the task (ListOps 11,
-            Text/Retrieval 12, Image/Pathfinder 10, language models 9), so a config that
-            lost it fails here instead of training with a silent default.
-        num_hashes: ``m`` hashes of the sampling estimator.
-        expectation: YOSO-E (quadratic, exact expectation) instead of sampling.
         conv_window: odd kernel size of the depthwise convolution on ``V`` (YOSO-C), or None.
-        lsh_backward: the paper's linear LSH backward; False uses the expectation backward.
-        hashing: ``"gaussian"`` projections or the ``"fast"`` Hadamard hash.
-        backend: ``None`` (by device, or ``$YOSO_BACKEND``), ``"reference"``, ``"cpu"``, ``"cuda"``.
-        backward_precision: ``"auto"`` (bf16 for bf16 inputs), ``"float32"`` or
-            ``"bfloat16"``: operands of the LSH backward's contractions (see ``yoso_attention``).
+        hash_code_len, num_hashes, expectation, lsh_backward, hashing, backend,
+            backward_precision: the ``YOSOOptions`` (``src/kernels/options.py``), checked
+            here, when the model is built. ``hash_code_len`` is required: tau belongs to the
+            task, so a config that lost it fails instead of training with a silent default.
     """
 
     def __init__(
@@ -54,51 +38,40 @@ class YOSOAttention(nn.Module):
         head_dim: int,
         *,
         hash_code_len: int,
-        num_hashes: int = 32,
-        expectation: bool = False,
+        num_hashes: int = _DEFAULT.num_hashes,
+        expectation: bool = _DEFAULT.expectation,
         conv_window: int | None = None,
-        lsh_backward: bool = True,
-        hashing: str = "gaussian",
-        backend: str | None = None,
-        backward_precision: Precision = "auto",
+        lsh_backward: bool = _DEFAULT.lsh_backward,
+        hashing: Hashing = _DEFAULT.hashing,
+        backend: str | None = _DEFAULT.backend,
+        backward_precision: Precision = _DEFAULT.backward_precision,
     ) -> None:
         super().__init__()
-        if backward_precision not in PRECISIONS:
-            raise ValueError(f"backward_precision must be one of {PRECISIONS}, got {backward_precision!r}")
-        check_yoso_options(num_heads, head_dim, hash_code_len, num_hashes, hashing)
+        for name, value in (("num_heads", num_heads), ("head_dim", head_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"YOSOAttention: {name} must be an int >= 1, got {value!r}")
+        try:
+            self.options = YOSOOptions(
+                hash_code_len=hash_code_len, num_hashes=num_hashes, expectation=expectation,
+                lsh_backward=lsh_backward, hashing=hashing, backend=backend,
+                backward_precision=backward_precision,
+            )
+        except ValueError as error:
+            raise ValueError(f"YOSOAttention: {error}") from None
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self.num_hashes = num_hashes
-        self.hash_code_len = hash_code_len
-        self.expectation = expectation
-        self.lsh_backward = lsh_backward
-        self.hashing = hashing
-        self.backend = backend
-        self.backward_precision = backward_precision
         self.conv = SequenceConv(num_heads, conv_window) if conv_window is not None else None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        out = yoso_attention(
-            q,
-            k,
-            v,
-            mask,
-            num_hashes=self.num_hashes,
-            hash_code_len=self.hash_code_len,
-            expectation=self.expectation,
-            lsh_backward=self.lsh_backward,
-            hashing=self.hashing,
-            backend=self.backend,
-            backward_precision=self.backward_precision,
-            conv_weight=self.conv.weight if self.conv is not None else None,
-        )
-        return out
+        conv_weight = self.conv.weight if self.conv is not None else None
+        return yoso_attention(q, k, v, mask, options=self.options, conv_weight=conv_weight)
 
     def extra_repr(self) -> str:
-        kind = "expectation" if self.expectation else f"m={self.num_hashes}"
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, {kind}, tau={self.hash_code_len}"
+        o = self.options
+        kind = "expectation" if o.expectation else f"m={o.num_hashes}"
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, {kind}, tau={o.hash_code_len}"
 
 
 class SoftmaxAttention(nn.Module):

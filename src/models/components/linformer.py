@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.kernels.interface import as_bool_mask
+from src.models.components.masks import as_bool_mask
 
 
 class LinformerAttention(nn.Module):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.kernels.interface import as_bool_mask
 from src.models.components.attention import SoftmaxAttention
+from src.models.components.masks import as_bool_mask
 from src.models.components.sequence_conv import SequenceConv
 
 
@@ -75,7 +75,8 @@ class NystromAttention(nn.Module):
         head_dim: per-head dim ``d``.
         num_landmarks: ``L`` landmarks; inputs with ``n <= L`` use exact softmax attention.
         pinv_iterations: iterations of the pseudo-inverse (6 in the Nyströmformer paper).
-        conv_kernel: odd kernel size of the depthwise conv skip on ``V``, or None for no skip.
+        conv_window: odd window of the depthwise conv skip on ``V`` (the name YOSO-C uses),
+            or None for no skip.
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class NystromAttention(nn.Module):
         *,
         num_landmarks: int = 64,
         pinv_iterations: int = 6,
-        conv_kernel: int | None = 35,
+        conv_window: int | None = 35,
     ) -> None:
         super().__init__()
         if num_landmarks < 1:
@@ -97,7 +98,7 @@ class NystromAttention(nn.Module):
         self.num_landmarks = num_landmarks
         self.pinv_iterations = pinv_iterations
         self.exact = SoftmaxAttention(num_heads, head_dim)
-        self.conv = SequenceConv(num_heads, conv_kernel) if conv_kernel is not None else None
+        self.conv = SequenceConv(num_heads, conv_window) if conv_window is not None else None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
@@ -136,4 +137,4 @@ class NystromAttention(nn.Module):
     def extra_repr(self) -> str:
         conv = self.conv.window if self.conv is not None else None
         return (f"heads={self.num_heads}, head_dim={self.head_dim}, landmarks={self.num_landmarks}, "
-                f"pinv_iterations={self.pinv_iterations}, conv_kernel={conv}")
+                f"pinv_iterations={self.pinv_iterations}, conv_window={conv}")

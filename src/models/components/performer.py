@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from src.kernels.interface import as_bool_mask
+from src.models.components.masks import as_bool_mask
 
 
 def orthogonal_gaussian_features(

@@ -23,8 +23,8 @@ from src.models.components.performer import PerformerAttention
 ROOT = Path(__file__).resolve().parents[3]
 
 BASELINES = {
-    "nystrom": partial(NystromAttention, num_landmarks=8, conv_kernel=5),
-    "nystrom-noconv": partial(NystromAttention, num_landmarks=8, conv_kernel=None),
+    "nystrom": partial(NystromAttention, num_landmarks=8, conv_window=5),
+    "nystrom-noconv": partial(NystromAttention, num_landmarks=8, conv_window=None),
     "performer": partial(PerformerAttention, num_features=32),
     "linformer": partial(LinformerAttention, max_length=160, projected_length=16),
     "linformer-shared": partial(LinformerAttention, max_length=160, projected_length=16, share_kv=True),
@@ -133,8 +133,8 @@ def test_padding_at_the_end_is_invisible(name):
 def test_plugs_into_the_encoder_and_trains_a_step(name):
     torch.manual_seed(0)
     options = {
-        "nystrom": partial(NystromAttention, num_landmarks=4, conv_kernel=3),
-        "nystrom-noconv": partial(NystromAttention, num_landmarks=4, conv_kernel=None),
+        "nystrom": partial(NystromAttention, num_landmarks=4, conv_window=3),
+        "nystrom-noconv": partial(NystromAttention, num_landmarks=4, conv_window=None),
         "performer": partial(PerformerAttention, num_features=16),
         "linformer": partial(LinformerAttention, max_length=32, projected_length=8),
         "linformer-shared": partial(LinformerAttention, max_length=32, projected_length=8, share_kv=True),
@@ -210,14 +210,14 @@ def test_nystrom_matches_formula_with_exact_pinv(n, landmarks):
     """
     q, k, v, mask = inputs(b=3, n=n, seed=6, scale=2.0)
     mask[2, landmarks // 2 :] = 0
-    module = NystromAttention(2, 8, num_landmarks=landmarks, pinv_iterations=40, conv_kernel=None)
+    module = NystromAttention(2, 8, num_landmarks=landmarks, pinv_iterations=40, conv_window=None)
     torch.testing.assert_close(module(q, k, v, mask), nystrom_reference(q, k, v, mask, landmarks),
                                rtol=1e-7, atol=1e-7)
 
 
 def test_nystrom_with_few_tokens_is_exact_softmax():
     q, k, v, mask = inputs(n=16, seed=7)
-    module = NystromAttention(2, 8, num_landmarks=16, conv_kernel=None)
+    module = NystromAttention(2, 8, num_landmarks=16, conv_window=None)
     scores = q @ k.transpose(-1, -2) / math.sqrt(8)
     scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
     want = zero_padded_rows(torch.softmax(scores, dim=-1) @ v, mask)
@@ -227,8 +227,8 @@ def test_nystrom_with_few_tokens_is_exact_softmax():
 def test_nystrom_conv_skip_is_a_depthwise_conv_of_masked_values():
     q, k, v, mask = inputs(n=40, seed=8)
     torch.manual_seed(1)
-    module = NystromAttention(2, 8, num_landmarks=8, conv_kernel=7).double()
-    plain = NystromAttention(2, 8, num_landmarks=8, conv_kernel=None)
+    module = NystromAttention(2, 8, num_landmarks=8, conv_window=7).double()
+    plain = NystromAttention(2, 8, num_landmarks=8, conv_window=None)
     filters = module.conv.weight.detach()  # [H, window]
     b, h, n, d = v.shape
     masked = v * mask[:, None, :, None]
@@ -251,7 +251,7 @@ def test_iterative_pinv_converges_and_ignores_zero_rows_and_columns():
 
 def test_nystrom_rejects_bad_options():
     with pytest.raises(ValueError, match="odd"):
-        NystromAttention(2, 8, conv_kernel=4)
+        NystromAttention(2, 8, conv_window=4)
     with pytest.raises(ValueError, match="num_landmarks"):
         NystromAttention(2, 8, num_landmarks=0)
 

@@ -7,8 +7,8 @@
 //   hash_fast(x f32[BH,n,d], signs f32[BH,3,parts,D], num_hashes, tau) -> i32[BH,n,m]
 //   lsh_cumulation(qmask b[BH,nq], qcodes i32[BH,nq,m], kmask b[BH,nk], kcodes i32[BH,nk,m],
 //                  value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
-//   lsh_weighted_cumulation(qmask, qcodes, qweight f32[BH,nq,w], kmask, kcodes,
-//                           kweight f32[BH,nk,w], value f32[BH,nk,dv], tau) -> f32[BH,nq,dv]
+//   lsh_backward(qmask, qcodes, query f32[BH,nq,d], kmask, kcodes, key f32[BH,nk,d], value,
+//                grad f32[BH,nq,dv], tau, bf16) -> (dQ, dK, dV)
 //   sequence_conv(value f32[BH,n,d], mask b[BH,n], weight f32[H,w]) -> f32[BH,n,d]  (CPU only)
 //   sequence_conv_add(base f32[BH,n,d] or [BH/H,n,H,d], base_scale f32 per row of base or None,
 //                     value, mask, weight) -> base * base_scale + conv, laid out as base
@@ -49,7 +49,7 @@ void check_tau(int64_t tau) {
               kMaxHashCodeLen, "], got ", tau);
 }
 
-// Shared checks of the (query, key) sides of both cumulations; returns m.
+// Shared checks of the (query, key) sides of the cumulation and its backward; returns m.
 int64_t check_sides(const at::Tensor& query_mask, const at::Tensor& query_codes,
                     const at::Tensor& key_mask, const at::Tensor& key_codes,
                     const at::Tensor& value, int64_t tau) {
@@ -131,36 +131,6 @@ at::Tensor lsh_cumulation(const at::Tensor& query_mask, const at::Tensor& query_
   {
     pybind11::gil_scoped_release no_gil;
     ok = yoso_cpu::lsh_cumulation(args);
-  }
-  TORCH_CHECK(ok, "yoso_cpu: hash codes must lie in [0, 2**hash_code_len)");
-  return out;
-}
-
-at::Tensor lsh_weighted_cumulation(const at::Tensor& query_mask, const at::Tensor& query_codes,
-                                   const at::Tensor& query_weight, const at::Tensor& key_mask,
-                                   const at::Tensor& key_codes, const at::Tensor& key_weight,
-                                   const at::Tensor& value, int64_t tau) {
-  const int64_t m = check_sides(query_mask, query_codes, key_mask, key_codes, value, tau);
-  check_tensor(query_weight, "query_weight", at::kFloat, 3);
-  check_tensor(key_weight, "key_weight", at::kFloat, 3);
-  const int64_t bh = query_codes.size(0), nq = query_codes.size(1), nk = key_codes.size(1);
-  const int64_t dv = value.size(2), w = query_weight.size(2);
-  TORCH_CHECK(query_weight.size(0) == bh && query_weight.size(1) == nq,
-              "yoso_cpu: query_weight ", query_weight.sizes(), " does not match query_codes ",
-              query_codes.sizes());
-  TORCH_CHECK(key_weight.size(0) == bh && key_weight.size(1) == nk && key_weight.size(2) == w,
-              "yoso_cpu: key_weight ", key_weight.sizes(), " does not match key_codes ",
-              key_codes.sizes(), " and query_weight ", query_weight.sizes());
-  at::Tensor out = at::zeros({bh, nq, dv}, value.options());
-  yoso_cpu::WeightedArgs args{query_mask.data_ptr<bool>(),    query_codes.data_ptr<int32_t>(),
-                              query_weight.data_ptr<float>(), key_mask.data_ptr<bool>(),
-                              key_codes.data_ptr<int32_t>(),  key_weight.data_ptr<float>(),
-                              value.data_ptr<float>(),        out.data_ptr<float>(),
-                              bh, nq, nk, m, w, dv, tau};
-  bool ok = true;
-  {
-    pybind11::gil_scoped_release no_gil;
-    ok = yoso_cpu::lsh_weighted_cumulation(args);
   }
   TORCH_CHECK(ok, "yoso_cpu: hash codes must lie in [0, 2**hash_code_len)");
   return out;
@@ -319,11 +289,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lsh_cumulation", &lsh_cumulation, "Hash-table cumulation averaged over hashes",
         pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("key_mask"),
         pybind11::arg("key_codes"), pybind11::arg("value"), pybind11::arg("hash_code_len"));
-  m.def("lsh_weighted_cumulation", &lsh_weighted_cumulation,
-        "Weighted hash cumulation (dQ/dK of the LSH backward)", pybind11::arg("query_mask"),
-        pybind11::arg("query_codes"), pybind11::arg("query_weight"), pybind11::arg("key_mask"),
-        pybind11::arg("key_codes"), pybind11::arg("key_weight"), pybind11::arg("value"),
-        pybind11::arg("hash_code_len"));
   m.def("lsh_backward", &lsh_backward,
         "Fused LSH backward: (dQ, dK, dV) of the cumulation, surrogate factor tau/2 included",
         pybind11::arg("query_mask"), pybind11::arg("query_codes"), pybind11::arg("query"),

@@ -37,27 +37,10 @@ namespace detail {
 
 constexpr int64_t PAD = 16;  // buffer padding granularity: the widest vector (AVX-512)
 
-constexpr int64_t WEIGHTED_KEY_CHUNK = 128;   // keys packed per chunk (multiple of PAD)
-constexpr int64_t WEIGHTED_QUERY_CHUNK = 64;  // query rows per output chunk
-constexpr int64_t WEIGHTED_SORT_HASHES = 8;   // hashes whose codes are transposed together
-
-// Per-thread scratch of the weighted cumulation (layout documented in yoso_cpu_isa.inc).
-struct WeightedScratch {
-  int32_t* qcount;
-  int32_t* kcount;
-  int32_t* qidx;
-  int32_t* kidx;
-  int32_t* qcodes_t;
-  int32_t* kcodes_t;
-  float* bt;
-  float* vp;
-  float* sbuf;
-  float* obuf;
-  float* tbuf;
-  const float** arows;
-  const float** brows;
-  float** crows;
-};
+// Blocking of the fused backward's buckets (see backward_task in yoso_cpu_isa.inc).
+constexpr int64_t BACKWARD_KEY_CHUNK = 128;   // keys packed per chunk (multiple of PAD)
+constexpr int64_t BACKWARD_QUERY_CHUNK = 64;  // query rows per chunk
+constexpr int64_t BACKWARD_SORT_HASHES = 8;   // hashes whose codes are transposed together
 
 // Per-thread scratch of the fused backward (see backward_task in yoso_cpu_isa.inc).
 struct BackwardScratch {
@@ -98,8 +81,6 @@ struct IsaKernels {
   void (*hash_fast)(const HashFastArgs&, int64_t b, int64_t r0, int64_t r1, float* ybuf);
   bool (*cumulation)(const CumulationArgs&, int64_t b, int64_t h0, int64_t h1, float* out,
                      float* table, int64_t cw_max, int64_t group);
-  bool (*weighted)(const WeightedArgs&, int64_t b, int64_t h0, int64_t h1, float* out,
-                   const WeightedScratch& s);
   bool (*backward)(const BackwardArgs&, int64_t b, int64_t h0, int64_t h1, float* dq, float* dk,
                    float* dv, const BackwardScratch& s);
   // The backward with bf16 contractions; null in variants without AVX512-BF16.
@@ -411,55 +392,6 @@ bool lsh_cumulation(const CumulationArgs& args) {
   return ok.load();
 }
 
-bool lsh_weighted_cumulation(const WeightedArgs& args) {
-  if (args.bh == 0 || args.nq == 0 || args.nk == 0 || args.dv == 0 || args.m == 0) return true;
-  const int64_t threads = detail::max_threads();
-  const int64_t buckets = int64_t{1} << args.tau;
-  constexpr int64_t kc = detail::WEIGHTED_KEY_CHUNK, qc = detail::WEIGHTED_QUERY_CHUNK;
-  const int64_t dvp = detail::round_up(args.dv, detail::PAD);
-  const int64_t ints = 2 * buckets + (1 + detail::WEIGHTED_SORT_HASHES) * (args.nq + args.nk);
-  const int64_t floats = args.w * kc + kc * dvp + qc * kc + qc * dvp + args.w * dvp;
-  const int64_t ptrs = args.w > kc ? args.w : kc;  // kc >= qc
-  std::vector<int32_t> int_scratch(static_cast<size_t>(threads * ints));
-  std::vector<float> float_scratch(static_cast<size_t>(threads * floats));
-  std::vector<const float*> ptr_scratch(static_cast<size_t>(threads * 3 * ptrs));
-  std::vector<detail::WeightedScratch> scratch(static_cast<size_t>(threads));
-  for (int64_t t = 0; t < threads; ++t) {
-    int32_t* ip = int_scratch.data() + t * ints;
-    float* fp = float_scratch.data() + t * floats;
-    detail::WeightedScratch& s = scratch[static_cast<size_t>(t)];
-    s.qcount = ip;
-    s.kcount = ip + buckets;
-    s.qidx = ip + 2 * buckets;
-    s.kidx = s.qidx + args.nq;
-    s.qcodes_t = s.kidx + args.nk;
-    s.kcodes_t = s.qcodes_t + detail::WEIGHTED_SORT_HASHES * args.nq;
-    s.bt = fp;
-    s.vp = s.bt + args.w * kc;
-    s.sbuf = s.vp + kc * dvp;
-    s.obuf = s.sbuf + qc * kc;
-    s.tbuf = s.obuf + qc * dvp;
-    s.arows = ptr_scratch.data() + t * 3 * ptrs;
-    s.brows = s.arows + ptrs;
-    s.crows = const_cast<float**>(s.brows + ptrs);
-  }
-  const int64_t splits = detail::hash_splits(args.bh, args.m, threads);
-  const int64_t out_size = args.bh * args.nq * args.dv;
-  std::vector<float> partial(static_cast<size_t>((splits - 1) * out_size), 0.f);
-  const detail::IsaKernels& kernels = isa();
-  std::atomic<bool> ok{true};
-  detail::parallel_units(args.bh * splits, threads, [&](int64_t u, int64_t t) {
-    const int64_t b = u / splits, s = u % splits;
-    const int64_t h0 = s * args.m / splits, h1 = (s + 1) * args.m / splits;
-    float* out = (s == 0 ? args.out : partial.data() + (s - 1) * out_size) + b * args.nq * args.dv;
-    if (!kernels.weighted(args, b, h0, h1, out, scratch[static_cast<size_t>(t)])) {
-      ok.store(false, std::memory_order_relaxed);
-    }
-  });
-  detail::reduce_splits(args.out, partial, splits, out_size, threads);
-  return ok.load();
-}
-
 bool lsh_backward(const BackwardArgs& args) {
   if (args.bh == 0 || args.nq == 0 || args.nk == 0 || args.m == 0) return true;
   const int64_t threads = detail::max_threads();
@@ -467,8 +399,8 @@ bool lsh_backward(const BackwardArgs& args) {
   const int64_t units = args.bh * splits;
   const int64_t team = detail::team_size(units);
   const int64_t buckets = int64_t{1} << args.tau;
-  constexpr int64_t kc = detail::WEIGHTED_KEY_CHUNK, qc = detail::WEIGHTED_QUERY_CHUNK;
-  const int64_t ints = 2 * buckets + (1 + detail::WEIGHTED_SORT_HASHES) * (args.nq + args.nk);
+  constexpr int64_t kc = detail::BACKWARD_KEY_CHUNK, qc = detail::BACKWARD_QUERY_CHUNK;
+  const int64_t ints = 2 * buckets + (1 + detail::BACKWARD_SORT_HASHES) * (args.nq + args.nk);
   const int64_t floats = args.dv * kc + 2 * qc * kc + 2 * args.dv * args.d + args.dv;
   int64_t ptrs = kc > args.d ? kc : args.d;
   ptrs = ptrs > args.dv ? ptrs : args.dv;
@@ -514,7 +446,7 @@ bool lsh_backward(const BackwardArgs& args) {
     sc.qidx = ip + 2 * buckets;
     sc.kidx = sc.qidx + args.nq;
     sc.qcodes_t = sc.kidx + args.nk;
-    sc.kcodes_t = sc.qcodes_t + detail::WEIGHTED_SORT_HASHES * args.nq;
+    sc.kcodes_t = sc.qcodes_t + detail::BACKWARD_SORT_HASHES * args.nq;
     sc.vt = fp;
     sc.sbuf = sc.vt + args.dv * kc;
     sc.stbuf = sc.sbuf + qc * kc;

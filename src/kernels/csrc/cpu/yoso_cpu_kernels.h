@@ -34,18 +34,6 @@ struct CumulationArgs {
   int64_t bh, nq, nk, m, dv, tau;
 };
 
-struct WeightedArgs {
-  const bool* query_mask;
-  const int32_t* query_codes;
-  const float* query_weight;  // [BH, nq, w]
-  const bool* key_mask;
-  const int32_t* key_codes;
-  const float* key_weight;    // [BH, nk, w]
-  const float* value;         // [BH, nk, dv]
-  float* out;                 // [BH, nq, dv], zero on entry
-  int64_t bh, nq, nk, m, w, dv, tau;
-};
-
 // The fused LSH backward (reference.lsh_backward). d and dv must be multiples
 // of 16 (zero-padded by the caller); outputs zero on entry.
 struct BackwardArgs {
@@ -89,10 +77,9 @@ struct SequenceConvArgs {
 
 void hash_gaussian(const HashGaussianArgs& args);
 void hash_fast(const HashFastArgs& args);
-// The cumulations return false (output unspecified) if a code is outside
+// The cumulation and the backward return false (output unspecified) if a code is outside
 // [0, 2^tau): codes index the hash tables, so they are always range-checked.
 bool lsh_cumulation(const CumulationArgs& args);
-bool lsh_weighted_cumulation(const WeightedArgs& args);
 bool lsh_backward(const BackwardArgs& args);
 
 void sequence_conv(const SequenceConvArgs& args);

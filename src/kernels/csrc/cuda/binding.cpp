@@ -134,7 +134,7 @@ torch::Tensor lsh_cumulation(torch::Tensor query_mask, torch::Tensor query_codes
   key_codes = key_codes.contiguous();
   value = value.contiguous();
   auto out = torch::empty({bh, nq, dv}, value.options());
-  const size_t ws_bytes = yoso_lsh_cumulation_workspace_bytes(bh, m, 1, dv, static_cast<int>(tau));
+  const size_t ws_bytes = yoso_lsh_cumulation_workspace_bytes(bh, m, dv, static_cast<int>(tau));
   auto workspace = torch::empty({static_cast<int64_t>(ws_bytes / sizeof(float))},
                                 value.options());
   check_launch(yoso_lsh_cumulation(query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),
@@ -143,53 +143,6 @@ torch::Tensor lsh_cumulation(torch::Tensor query_mask, torch::Tensor query_codes
                                    workspace.data_ptr(), bh, nq, nk, m, dv,
                                    static_cast<int>(tau), current_stream(value)),
                "lsh_cumulation");
-  return out;
-}
-
-torch::Tensor lsh_weighted_cumulation(torch::Tensor query_mask, torch::Tensor query_codes,
-                                      torch::Tensor query_weight, torch::Tensor key_mask,
-                                      torch::Tensor key_codes, torch::Tensor key_weight,
-                                      torch::Tensor value, int64_t tau) {
-  check_tau(tau);
-  check_tensor(value, "value", at::kFloat, 3, value);
-  check_side(query_mask, "query_mask", query_codes, "query_codes", value);
-  check_side(key_mask, "key_mask", key_codes, "key_codes", value);
-  check_tensor(query_weight, "query_weight", at::kFloat, 3, value);
-  check_tensor(key_weight, "key_weight", at::kFloat, 3, value);
-  const int64_t bh = value.size(0), nk = value.size(1), dv = value.size(2);
-  const int64_t nq = query_codes.size(1), m = query_codes.size(2);
-  const int64_t w = key_weight.size(2);
-  check_size(query_codes, "query_codes", 0, bh, "value.shape[0]");
-  check_size(key_codes, "key_codes", 0, bh, "value.shape[0]");
-  check_size(key_codes, "key_codes", 1, nk, "value.shape[1] (number of keys)");
-  check_size(key_codes, "key_codes", 2, m, "query_codes.shape[2] (number of hashes)");
-  check_size(query_weight, "query_weight", 0, bh, "value.shape[0]");
-  check_size(query_weight, "query_weight", 1, nq, "query_codes.shape[1] (number of queries)");
-  check_size(query_weight, "query_weight", 2, w, "key_weight.shape[2] (weight dim)");
-  check_size(key_weight, "key_weight", 0, bh, "value.shape[0]");
-  check_size(key_weight, "key_weight", 1, nk, "value.shape[1] (number of keys)");
-  TORCH_CHECK(m >= 1, "yoso cuda backend: need at least one hash, got codes of shape ",
-              query_codes.sizes());
-  const c10::cuda::CUDAGuard guard(value.device());
-  query_mask = query_mask.contiguous();
-  query_codes = query_codes.contiguous();
-  query_weight = query_weight.contiguous();
-  key_mask = key_mask.contiguous();
-  key_codes = key_codes.contiguous();
-  key_weight = key_weight.contiguous();
-  value = value.contiguous();
-  auto out = torch::empty({bh, nq, dv}, value.options());
-  const size_t ws_bytes =
-      yoso_lsh_cumulation_workspace_bytes(bh, m, w, dv, static_cast<int>(tau));
-  auto workspace = torch::empty({static_cast<int64_t>(ws_bytes / sizeof(float))},
-                                value.options());
-  check_launch(yoso_lsh_weighted_cumulation(
-                   query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),
-                   query_weight.data_ptr<float>(), key_mask.data_ptr<bool>(),
-                   key_codes.data_ptr<int32_t>(), key_weight.data_ptr<float>(),
-                   value.data_ptr<float>(), out.data_ptr<float>(), workspace.data_ptr(), bh, nq,
-                   nk, m, w, dv, static_cast<int>(tau), current_stream(value)),
-               "lsh_weighted_cumulation");
   return out;
 }
 
@@ -257,12 +210,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("lsh_cumulation", &lsh_cumulation, "Hash-table cumulation [BH, nq, dv]",
              pybind11::arg("query_mask"), pybind11::arg("query_codes"),
              pybind11::arg("key_mask"), pybind11::arg("key_codes"), pybind11::arg("value"),
-             pybind11::arg("hash_code_len"));
-  module.def("lsh_weighted_cumulation", &lsh_weighted_cumulation,
-             "Weighted hash-table cumulation [BH, nq, dv]", pybind11::arg("query_mask"),
-             pybind11::arg("query_codes"), pybind11::arg("query_weight"),
-             pybind11::arg("key_mask"), pybind11::arg("key_codes"),
-             pybind11::arg("key_weight"), pybind11::arg("value"),
              pybind11::arg("hash_code_len"));
   module.def("lsh_backward", &lsh_backward,
              "Sorted LSH backward: (dQ, dK, dV) of the cumulation, tau/2 included",

@@ -8,8 +8,8 @@
 // - Hash tables live in a caller-provided global workspace of at most
 //   YOSO_TABLE_BUDGET_BYTES; keys are scattered into them with float32
 //   atomicAdd and queries gather their bucket. Problems whose tables exceed
-//   the budget are processed in chunks of columns, weight coordinates, hashes
-//   and heads (in that order of preference).
+//   the budget are processed in chunks of columns, hashes and heads (in that
+//   order of preference).
 // - The fast hash keeps its rotated vectors in shared memory and applies the
 //   Walsh-Hadamard butterflies in the same order as the reference, so its
 //   codes are bit-identical to the reference (products with +-1 are exact).
@@ -154,70 +154,59 @@ __global__ void hash_fast_kernel(const float* __restrict__ x, const float* __res
 }
 
 // ---------------------------------------------------------------------------
-// Cumulations. Table chunk layout: [nb][nh][2**tau][na][nc] floats, for heads
-// b0.., hashes h0.., weight coordinates a0.. and value columns c0...
+// Cumulation. Table chunk layout: [nb][nh][2**tau][nc] floats, for heads b0..,
+// hashes h0.. and value columns c0...
 // ---------------------------------------------------------------------------
 struct Chunk {
-  int64_t b0, nb, h0, nh, a0, na, c0, nc;
+  int64_t b0, nb, h0, nh, c0, nc;
 };
 
 struct Plan {
-  int64_t nb, nh, na, nc;
+  int64_t nb, nh, nc;
 };
 
-Plan make_plan(int64_t bh, int64_t m, int64_t w, int64_t dv, int tau) {
+Plan make_plan(int64_t bh, int64_t m, int64_t dv, int tau) {
   const int64_t budget = static_cast<int64_t>(YOSO_TABLE_BUDGET_BYTES / sizeof(float));
   const int64_t buckets = int64_t{1} << tau;
   Plan plan;
   plan.nc = clamp64(budget / buckets, 1, dv);
-  plan.na = clamp64(budget / (buckets * plan.nc), 1, w);
-  plan.nh = clamp64(budget / (buckets * plan.nc * plan.na), 1, m);
-  plan.nb = clamp64(budget / (buckets * plan.nc * plan.na * plan.nh), 1, bh);
+  plan.nh = clamp64(budget / (buckets * plan.nc), 1, m);
+  plan.nb = clamp64(budget / (buckets * plan.nc * plan.nh), 1, bh);
   return plan;
 }
 
-template <bool kWeighted>
 __global__ void scatter_kernel(const bool* __restrict__ key_mask,
                                const int32_t* __restrict__ key_codes,
-                               const float* __restrict__ key_weight,
                                const float* __restrict__ value, float* __restrict__ table,
-                               int64_t nk, int64_t m, int64_t w, int64_t dv, int tau,
-                               Chunk chunk) {
-  const int64_t total = chunk.nb * nk * chunk.na * chunk.nc;
-  const int64_t row_width = chunk.na * chunk.nc;
+                               int64_t nk, int64_t m, int64_t dv, int tau, Chunk chunk) {
+  const int64_t total = chunk.nb * nk * chunk.nc;
   const uint32_t buckets = uint32_t{1} << tau;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += stride) {
     const int64_t c = e % chunk.nc;
-    int64_t t = e / chunk.nc;
-    const int64_t a = t % chunk.na;
-    t /= chunk.na;
+    const int64_t t = e / chunk.nc;
     const int64_t j = t % nk;
     const int64_t bl = t / nk;
     const int64_t key = (chunk.b0 + bl) * nk + j;
     if (!key_mask[key]) continue;
-    float v = value[key * dv + chunk.c0 + c];
-    if (kWeighted) v *= key_weight[key * w + chunk.a0 + a];
+    const float v = value[key * dv + chunk.c0 + c];
     const int32_t* kc = key_codes + key * m + chunk.h0;
-    float* base = table + ((bl * chunk.nh) << tau) * row_width + a * chunk.nc + c;
+    float* base = table + ((bl * chunk.nh) << tau) * chunk.nc + c;
     for (int64_t h = 0; h < chunk.nh; ++h) {
       const uint32_t code = static_cast<uint32_t>(kc[h]);
       if (code >= buckets) continue;
-      atomicAdd(base + ((h << tau) + code) * row_width, v);
+      atomicAdd(base + ((h << tau) + code) * chunk.nc, v);
     }
   }
 }
 
-template <bool kWeighted>
 __global__ void gather_kernel(const bool* __restrict__ query_mask,
                               const int32_t* __restrict__ query_codes,
-                              const float* __restrict__ query_weight,
                               const float* __restrict__ table, float* __restrict__ out,
-                              int64_t nq, int64_t m, int64_t w, int64_t dv, int tau,
-                              Chunk chunk, bool first, bool last, float inv_m) {
+                              int64_t nq, int64_t m, int64_t dv, int tau, Chunk chunk, bool first,
+                              bool last, float inv_m) {
   const int64_t total = chunk.nb * nq * chunk.nc;
-  const int64_t row_width = chunk.na * chunk.nc;
   const uint32_t buckets = uint32_t{1} << tau;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
@@ -234,72 +223,58 @@ __global__ void gather_kernel(const bool* __restrict__ query_mask,
     }
     float acc = first ? 0.0f : *o;
     const int32_t* qc = query_codes + query * m + chunk.h0;
-    const float* qw = kWeighted ? query_weight + query * w + chunk.a0 : nullptr;
-    const float* base = table + ((bl * chunk.nh) << tau) * row_width + c;
+    const float* base = table + ((bl * chunk.nh) << tau) * chunk.nc + c;
     for (int64_t h = 0; h < chunk.nh; ++h) {
       const uint32_t code = static_cast<uint32_t>(qc[h]);
       if (code >= buckets) continue;
-      const float* cell = base + ((h << tau) + code) * row_width;
-      if (kWeighted) {
-        for (int64_t a = 0; a < chunk.na; ++a) acc = fmaf(qw[a], cell[a * chunk.nc], acc);
-      } else {
-        acc += cell[0];
-      }
+      acc += base[((h << tau) + code) * chunk.nc];
     }
     if (last) acc *= inv_m;
     *o = acc;
   }
 }
 
-template <bool kWeighted>
 cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
-                           const float* query_weight, const bool* key_mask,
-                           const int32_t* key_codes, const float* key_weight,
-                           const float* value, float* out, void* workspace, int64_t bh,
-                           int64_t nq, int64_t nk, int64_t m, int64_t w, int64_t dv, int tau,
-                           cudaStream_t stream) {
-  if (!tau_ok(tau) || bh < 0 || nq < 0 || nk < 0 || m < 1 || w < 0 || dv < 0) {
+                           const bool* key_mask, const int32_t* key_codes, const float* value,
+                           float* out, void* workspace, int64_t bh, int64_t nq, int64_t nk,
+                           int64_t m, int64_t dv, int tau, cudaStream_t stream) {
+  if (!tau_ok(tau) || bh < 0 || nq < 0 || nk < 0 || m < 1 || dv < 0) {
     return cudaErrorInvalidValue;
   }
   if (bh == 0 || nq == 0 || dv == 0) return cudaSuccess;
-  if (w == 0 || nk == 0) {  // nothing collides (or no weights): the output is zero
+  if (nk == 0) {  // nothing collides: the output is zero
     return cudaMemsetAsync(out, 0, static_cast<size_t>(bh * nq * dv) * sizeof(float), stream);
   }
   if (workspace == nullptr) return cudaErrorInvalidValue;
-  const Plan plan = make_plan(bh, m, w, dv, tau);
+  const Plan plan = make_plan(bh, m, dv, tau);
   float* table = static_cast<float*>(workspace);
   const float inv_m = 1.0f / static_cast<float>(m);
   for (int64_t c0 = 0; c0 < dv; c0 += plan.nc) {
     for (int64_t b0 = 0; b0 < bh; b0 += plan.nb) {
-      for (int64_t a0 = 0; a0 < w; a0 += plan.na) {
-        for (int64_t h0 = 0; h0 < m; h0 += plan.nh) {
-          Chunk chunk;
-          chunk.b0 = b0;
-          chunk.nb = b0 + plan.nb <= bh ? plan.nb : bh - b0;
-          chunk.h0 = h0;
-          chunk.nh = h0 + plan.nh <= m ? plan.nh : m - h0;
-          chunk.a0 = a0;
-          chunk.na = a0 + plan.na <= w ? plan.na : w - a0;
-          chunk.c0 = c0;
-          chunk.nc = c0 + plan.nc <= dv ? plan.nc : dv - c0;
-          const int64_t table_elems = (chunk.nb * chunk.nh * chunk.na * chunk.nc) << tau;
-          cudaError_t err = cudaMemsetAsync(
-              table, 0, static_cast<size_t>(table_elems) * sizeof(float), stream);
-          if (err != cudaSuccess) return err;
-          const int64_t scatter_items = chunk.nb * nk * chunk.na * chunk.nc;
-          scatter_kernel<kWeighted><<<grid_for(scatter_items, kThreads), kThreads, 0, stream>>>(
-              key_mask, key_codes, key_weight, value, table, nk, m, w, dv, tau, chunk);
-          err = cudaGetLastError();
-          if (err != cudaSuccess) return err;
-          const bool first = a0 == 0 && h0 == 0;
-          const bool last = a0 + chunk.na == w && h0 + chunk.nh == m;
-          const int64_t gather_items = chunk.nb * nq * chunk.nc;
-          gather_kernel<kWeighted><<<grid_for(gather_items, kThreads), kThreads, 0, stream>>>(
-              query_mask, query_codes, query_weight, table, out, nq, m, w, dv, tau, chunk,
-              first, last, inv_m);
-          err = cudaGetLastError();
-          if (err != cudaSuccess) return err;
-        }
+      for (int64_t h0 = 0; h0 < m; h0 += plan.nh) {
+        Chunk chunk;
+        chunk.b0 = b0;
+        chunk.nb = b0 + plan.nb <= bh ? plan.nb : bh - b0;
+        chunk.h0 = h0;
+        chunk.nh = h0 + plan.nh <= m ? plan.nh : m - h0;
+        chunk.c0 = c0;
+        chunk.nc = c0 + plan.nc <= dv ? plan.nc : dv - c0;
+        const int64_t table_elems = (chunk.nb * chunk.nh * chunk.nc) << tau;
+        cudaError_t err = cudaMemsetAsync(
+            table, 0, static_cast<size_t>(table_elems) * sizeof(float), stream);
+        if (err != cudaSuccess) return err;
+        const int64_t scatter_items = chunk.nb * nk * chunk.nc;
+        scatter_kernel<<<grid_for(scatter_items, kThreads), kThreads, 0, stream>>>(
+            key_mask, key_codes, value, table, nk, m, dv, tau, chunk);
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+        const bool first = h0 == 0;
+        const bool last = h0 + chunk.nh == m;
+        const int64_t gather_items = chunk.nb * nq * chunk.nc;
+        gather_kernel<<<grid_for(gather_items, kThreads), kThreads, 0, stream>>>(
+            query_mask, query_codes, table, out, nq, m, dv, tau, chunk, first, last, inv_m);
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
       }
     }
   }
@@ -558,11 +533,10 @@ cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes, i
   return cudaGetLastError();
 }
 
-size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t weight_dim,
-                                           int64_t dv, int tau) {
-  if (!tau_ok(tau) || bh < 1 || m < 1 || weight_dim < 1 || dv < 1) return 0;
-  const Plan plan = make_plan(bh, m, weight_dim, dv, tau);
-  return static_cast<size_t>((plan.nb * plan.nh * plan.na * plan.nc) << tau) * sizeof(float);
+size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t dv, int tau) {
+  if (!tau_ok(tau) || bh < 1 || m < 1 || dv < 1) return 0;
+  const Plan plan = make_plan(bh, m, dv, tau);
+  return static_cast<size_t>((plan.nb * plan.nh * plan.nc) << tau) * sizeof(float);
 }
 
 cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_codes,
@@ -570,19 +544,8 @@ cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_cod
                                 const float* value, float* out, void* workspace, int64_t bh,
                                 int64_t nq, int64_t nk, int64_t m, int64_t dv, int tau,
                                 cudaStream_t stream) {
-  return run_cumulation<false>(query_mask, query_codes, nullptr, key_mask, key_codes, nullptr,
-                               value, out, workspace, bh, nq, nk, m, 1, dv, tau, stream);
-}
-
-cudaError_t yoso_lsh_weighted_cumulation(const bool* query_mask, const int32_t* query_codes,
-                                         const float* query_weight, const bool* key_mask,
-                                         const int32_t* key_codes, const float* key_weight,
-                                         const float* value, float* out, void* workspace,
-                                         int64_t bh, int64_t nq, int64_t nk, int64_t m,
-                                         int64_t w, int64_t dv, int tau, cudaStream_t stream) {
-  return run_cumulation<true>(query_mask, query_codes, query_weight, key_mask, key_codes,
-                              key_weight, value, out, workspace, bh, nq, nk, m, w, dv, tau,
-                              stream);
+  return run_cumulation(query_mask, query_codes, key_mask, key_codes, value, out, workspace, bh,
+                        nq, nk, m, dv, tau, stream);
 }
 
 size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau) {

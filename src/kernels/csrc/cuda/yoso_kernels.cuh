@@ -6,7 +6,7 @@
 // names in src/kernels/reference.py:
 // - all tensors are contiguous, batched over BH = batch x heads;
 // - codes are int32 in [0, 2**tau); masks are bool (one byte, 0 or 1);
-// - cumulations average over the m hashes and accumulate in float32.
+// - the cumulation averages over the m hashes and accumulate in float32.
 // Codes outside [0, 2**tau) never cause an out-of-bounds access: such a hash
 // simply collides with nothing.
 //
@@ -28,7 +28,7 @@ extern "C" {
 
 // Largest supported hash code length (tables have 2**tau rows).
 #define YOSO_MAX_HASH_CODE_LEN 16
-// Upper bound on the float32 hash-table workspace of the cumulations (bytes);
+// Upper bound on the float32 hash-table workspace of the cumulation (bytes);
 // larger problems are processed in chunks of heads, hashes and columns.
 #define YOSO_TABLE_BUDGET_BYTES (256ull << 20)
 
@@ -49,30 +49,18 @@ cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes,
                            int64_t bh, int64_t n, int64_t d, int64_t parts, int64_t width,
                            int64_t m, int tau, cudaStream_t stream);
 
-// Bytes of device workspace that yoso_lsh_cumulation / yoso_lsh_weighted_cumulation
-// need (at most YOSO_TABLE_BUDGET_BYTES). Pass weight_dim = 1 for the plain cumulation.
-size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t weight_dim,
-                                           int64_t dv, int tau);
+// Bytes of device workspace that yoso_lsh_cumulation needs (at most YOSO_TABLE_BUDGET_BYTES).
+size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t dv, int tau);
 
 // out[b, i] = mq[b, i] / m * sum_h sum_j mk[b, j] [qc[b, i, h] == kc[b, j, h]] v[b, j]
 //   query_mask: bool [bh, nq]; query_codes: i32 [bh, nq, m]
 //   key_mask: bool [bh, nk]; key_codes: i32 [bh, nk, m]; value: f32 [bh, nk, dv]
-//   out: f32 [bh, nq, dv] (fully written); workspace: >= workspace_bytes(bh, m, 1, dv, tau).
+//   out: f32 [bh, nq, dv] (fully written); workspace: >= workspace_bytes(bh, m, dv, tau).
 cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_codes,
                                 const bool* key_mask, const int32_t* key_codes,
                                 const float* value, float* out, void* workspace,
                                 int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv,
                                 int tau, cudaStream_t stream);
-
-// out[b, i] = mq / m * sum_h sum_j mk [qc == kc] (qw[b, i, :] . kw[b, j, :]) v[b, j]
-//   query_weight: f32 [bh, nq, w]; key_weight: f32 [bh, nk, w]; other arguments as above;
-//   workspace: >= workspace_bytes(bh, m, w, dv, tau).
-cudaError_t yoso_lsh_weighted_cumulation(const bool* query_mask, const int32_t* query_codes,
-                                         const float* query_weight, const bool* key_mask,
-                                         const int32_t* key_codes, const float* key_weight,
-                                         const float* value, float* out, void* workspace,
-                                         int64_t bh, int64_t nq, int64_t nk, int64_t m,
-                                         int64_t w, int64_t dv, int tau, cudaStream_t stream);
 
 // Bytes of device workspace yoso_lsh_backward needs (sort indices; at most
 // about YOSO_TABLE_BUDGET_BYTES, hashes are processed in chunks).

@@ -7,12 +7,12 @@ from itertools import islice
 
 import pytest
 
-from src.data import mlm_corpus
-from src.data.mlm_corpus import (
+from src.data.mlm.corpus import (
     builtin_documents,
     corpus_files,
     dataset_texts,
     document_split,
+    is_hf_dataset,
     iter_documents,
     read_text_file,
 )
@@ -63,7 +63,7 @@ def test_dataset_rows_and_missing_datasets_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install datasets"):
         list(iter_documents(str(folder)))
-    assert mlm_corpus.is_hf_dataset(folder)
+    assert is_hf_dataset(folder)
 
 
 def test_document_split_is_stable_and_near_the_fractions():

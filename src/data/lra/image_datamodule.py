@@ -2,19 +2,20 @@
 
 ``data_dir`` is the ``cifar-10-batches-py`` folder (``data_batch_1`` .. ``data_batch_5`` and
 ``test_batch``, read with a restricted unpickler) or an ``.npz`` file with the same arrays (see
-``src.data.cifar10``). The first 90 % of the training images train, the last 10 % validate
+``src.data.lra.cifar10``). The first 90 % of the training images train, the last 10 % validate
 (LRA's split), the test batch tests. Tokens are ``grey + 1`` (0 is padding).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule
-from src.data.byte_tokens import VALUE_VOCAB_SIZE, pack_rows
-from src.data.cifar10 import CIFAR_URL, NPZ_KEYS, TEST_BATCH, TRAIN_BATCHES, load_batch, load_npz, to_grey
+from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, pack_rows
+from src.data.lra.cifar10 import CIFAR_URL, NPZ_KEYS, TEST_BATCH, TRAIN_BATCHES, load_batch, load_npz, to_grey
 
 VAL_FRACTION = 0.1
 
@@ -27,7 +28,8 @@ class ImageDataModule(TokenDataModule):
 
     Args:
         data_dir: the ``cifar-10-batches-py`` folder, or an ``.npz`` file.
-        max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+        max_length, batch_size: see ``TokenDataModule`` (here with the image task's defaults).
+        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
     """
 
     def __init__(
@@ -35,12 +37,9 @@ class ImageDataModule(TokenDataModule):
         data_dir: str = "data/lra/cifar-10-batches-py",
         max_length: int = 1024,
         batch_size: int = 256,
-        num_workers: int = 0,
-        prepend_cls: bool = False,
-        cache_dir: str = "data/cache",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=data_dir, max_length=max_length, batch_size=batch_size, **kwargs)
 
     @property
     def base_vocab_size(self) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.data.retrieval_datamodule import RetrievalDataModule, read_aan_tsv
-from tests.data.lra_fixtures import AAN_FILES, AAN_ROWS, aan_line, write_aan
+from src.data.lra.retrieval_datamodule import RetrievalDataModule, read_aan_tsv
+from tests.data.lra.fixtures import AAN_FILES, AAN_ROWS, aan_line, write_aan
 
 
 def decode(ids) -> bytes:

@@ -131,7 +131,9 @@ def dataset_texts(rows, text_column: str, source: str) -> Iterator[str]:
             raise KeyError(f"{source} row {index} has no column {text_column!r} (columns: {sorted(row)})")
         text = row[text_column]
         if not isinstance(text, str):
-            raise TypeError(f"{source} row {index}: column {text_column!r} holds {type(text).__name__}, not text")
+            raise TypeError(
+                f"{source} row {index}: column {text_column!r} holds {type(text).__name__}, not text"
+            )
         text = text.strip()
         if text:
             yield text

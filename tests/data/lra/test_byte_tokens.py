@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.data.byte_tokens import ByteSequences, pack_rows, value_tokens
+from src.data.lra.byte_tokens import ByteSequences, pack_rows, value_tokens
 
 
 def test_every_byte_value_maps_to_value_plus_one():

@@ -9,8 +9,8 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule
-from src.data.listops import NUM_CLASSES, check_tokenization, encode_split, get_vocab, missing_data_help
-from src.data.listops_generator import SPLITS, generate_listops, split_filename
+from src.data.lra.listops import NUM_CLASSES, check_tokenization, encode_split, get_vocab, missing_data_help
+from src.data.lra.listops_generator import SPLITS, generate_listops, split_filename
 
 GENERATION_RECORD = "generation.json"
 GENERATION_KEYS = ("num_train", "num_val", "num_test", "min_tree_length", "max_tree_length",
@@ -30,8 +30,9 @@ class ListOpsDataModule(TokenDataModule):
         tokenization: ``lra`` (the original pipeline, brackets dropped) or ``full``.
         generate_if_missing: generate the three splits when ``data_dir`` has none.
         num_train, num_val, num_test, min_tree_length, max_tree_length, max_depth, max_args,
-            seed: generator options (see ``src.data.listops_generator``).
-        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+            seed: generator options (see ``src.data.lra.listops_generator``).
+        data_dir, max_length: see ``TokenDataModule`` (here with ListOps' defaults).
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
     """
 
     def __init__(
@@ -39,10 +40,6 @@ class ListOpsDataModule(TokenDataModule):
         data_dir: str = "data/lra/listops",
         tokenization: str = "full",
         max_length: int = 2000,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        prepend_cls: bool = False,
-        cache_dir: str = "data/cache",
         generate_if_missing: bool = True,
         num_train: int = 96000,
         num_val: int = 2000,
@@ -52,10 +49,10 @@ class ListOpsDataModule(TokenDataModule):
         max_depth: int = 10,
         max_args: int = 10,
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         check_tokenization(tokenization)
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=data_dir, max_length=max_length, **kwargs)
         self.tokenization = tokenization
         self.generate_if_missing = generate_if_missing
 
@@ -126,7 +123,7 @@ class ListOpsDataModule(TokenDataModule):
         record = self.data_dir / GENERATION_RECORD
         record.write_text(json.dumps(self._generation_options(), indent=2, sort_keys=True) + "\n")
         rank_zero_warn(
-            f"Generated ListOps data with src.data.listops_generator into {self.data_dir}: "
+            f"Generated ListOps data with src.data.lra.listops_generator into {self.data_dir}: "
             f"{hp.num_train} train, {hp.num_val} val, {hp.num_test} test examples "
             f"(seed {hp.seed}, tree length in ({hp.min_tree_length}, {hp.max_tree_length})). "
             "This is not the official LRA file; for that use lra_release/listops-1000."

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data.glue import TASKS, get_task, prediction_strings, read_split
-from src.data.glue_datamodule import GlueDataModule, truncate_longest_first
+from src.data.glue.glue_datamodule import GlueDataModule, truncate_longest_first
+from src.data.glue.tasks import TASKS, get_task, prediction_strings, read_split
 from src.data.tokenizer import train_tokenizer
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "glue"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "glue"
 
 
 def read(task: str, file: str, strict: bool = True):
@@ -44,7 +44,9 @@ def test_labels_map_to_their_strings_and_back():
     rte = read("rte", "train.tsv")
     assert prediction_strings(get_task("rte"), rte.labels)[:2] == ["entailment", "not_entailment"]
     stsb = read("stsb", "train.tsv")
-    assert stsb.labels.dtype == np.float32 and stsb.labels.tolist() == pytest.approx([5, 0, 4.2, 0.5, 3.8, 1.25])
+    assert stsb.labels.dtype == np.float32 and stsb.labels.tolist() == pytest.approx(
+        [5, 0, 4.2, 0.5, 3.8, 1.25]
+    )
     assert prediction_strings(get_task("stsb"), np.array([4.2, 0.0])) == ["4.200", "0.000"]
     assert prediction_strings(get_task("cola"), np.array([1, 0])) == ["1", "0"]
 
@@ -82,7 +84,9 @@ def test_malformed_rows_skipped_in_train_and_fatal_in_dev(tmp_path):
     lines = dev.read_text().splitlines()
     lines[3] = lines[3].rsplit("\t", 1)[0]  # line 4 loses its label column
     dev.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"RTE/dev.tsv:4: malformed row \(expected 4 tab-separated fields, got 3\)"):
+    with pytest.raises(
+        ValueError, match=r"RTE/dev.tsv:4: malformed row \(expected 4 tab-separated fields, got 3\)"
+    ):
         read_split(dev, spec, spec.dev[""], strict=True)
     lines[3] = "3\tA sentence.\tAnother.\tmaybe"
     dev.write_text("\n".join(lines) + "\n")
@@ -99,7 +103,8 @@ def test_wrong_header_names_the_missing_column(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
-    texts = [" ".join(row) for task in ("rte", "qnli", "sst2") for row in read(task, "train.tsv", False).texts]
+    texts = [" ".join(row) for task in ("rte", "qnli", "sst2")
+             for row in read(task, "train.tsv", False).texts]
     tok = train_tokenizer(texts * 5, kind="wordpiece", vocab_size=300, min_frequency=1)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.tokenizer.save(str(path))
@@ -110,7 +115,9 @@ def test_pairs_get_segments_cls_and_truncation(tmp_path, tokenizer_file):
     data = GlueDataModule("RTE", data_dir=str(FIXTURES), tokenizer=str(tokenizer_file), max_length=64,
                           batch_size=3, cache_dir=str(tmp_path))
     tok = data.tokenizer
-    assert (data.num_classes, data.pooling, data.cls_id, data.vocab_size) == (2, "cls", tok.cls_id, tok.vocab_size)
+    assert (data.num_classes, data.pooling, data.cls_id, data.vocab_size) == (
+        2, "cls", tok.cls_id, tok.vocab_size
+    )
     data.prepare_data()
     data.setup("fit")
     train = data.dataset("train")
@@ -146,7 +153,8 @@ def test_mnli_has_matched_and_mismatched_loaders(tmp_path, tokenizer_file):
 
 def test_missing_data_and_missing_tokenizer_are_clear(tmp_path, tokenizer_file):
     data = GlueDataModule("cola", data_dir=str(tmp_path), tokenizer=str(tokenizer_file))
-    with pytest.raises(FileNotFoundError, match=r"GLUE CoLA data not found: missing .*CoLA/train.tsv.*glue_data"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"GLUE CoLA data not found: missing .*CoLA/train.tsv.*glue_data"):
         data.prepare_data()
     with pytest.raises(ValueError, match="--model.init_args.init_from"):
         GlueDataModule("cola", data_dir=str(FIXTURES))

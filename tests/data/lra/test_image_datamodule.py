@@ -8,9 +8,9 @@ import pickle
 import numpy as np
 import pytest
 
-from src.data.cifar10 import ForbiddenGlobalError, load_batch, to_grey
-from src.data.image_datamodule import ImageDataModule
-from tests.data.lra_fixtures import write_cifar
+from src.data.lra.cifar10 import ForbiddenGlobalError, load_batch, to_grey
+from src.data.lra.image_datamodule import ImageDataModule
+from tests.data.lra.fixtures import write_cifar
 
 
 class RunsAShellCommand:
@@ -27,7 +27,8 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps({b"data": RunsAShellCommand(str(marker)), b"labels": []}, protocol=2))
-    with pytest.raises(ForbiddenGlobalError, match=rf"{path}: refusing to load the global '(posix|os|nt)\.system'"):
+    with pytest.raises(ForbiddenGlobalError,
+                       match=rf"{path}: refusing to load the global '(posix|os|nt)\.system'"):
         load_batch(path)
     assert not marker.exists()
     path.write_bytes(pickle.dumps(eval, protocol=2))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule
-from src.data.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
+from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
 
 LABELS: dict[str, int] = {"neg": 0, "pos": 1}
 VAL_SOURCES: tuple[str, ...] = ("train", "test")
@@ -36,27 +36,24 @@ class TextDataModule(TokenDataModule):
             (the test reviews, as LRA did).
         val_fraction: share of the training reviews held out when ``val_source`` is ``train``.
         seed: seed of that hold-out.
-        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+        data_dir, max_length: see ``TokenDataModule`` (here with the IMDB task's defaults).
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
     """
 
     def __init__(
         self,
         data_dir: str = "data/lra/aclImdb",
         max_length: int = 4000,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        prepend_cls: bool = False,
-        cache_dir: str = "data/cache",
         val_source: str = "train",
         val_fraction: float = 0.1,
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         if val_source not in VAL_SOURCES:
             raise ValueError(f"val_source must be one of {VAL_SOURCES}, got {val_source!r}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=data_dir, max_length=max_length, **kwargs)
         self.val_source = val_source
         self.val_fraction = val_fraction
         self.seed = seed

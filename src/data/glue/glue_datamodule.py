@@ -14,14 +14,14 @@ test files for the leaderboard. MNLI has two of each: matched (stage suffix
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
-from src.data.glue import GLUE_HELP, GlueTask, get_task, read_split
+from src.data.glue.tasks import GLUE_HELP, GlueTask, get_task, read_split
 from src.data.tokenizer import TextTokenizer
 
 
@@ -39,10 +39,12 @@ class GlueDataModule(TokenDataModule):
             from ``model.init_args.init_from``, so the pre-trained run is named once.
         max_length: longest input ([CLS] and separators included); must not exceed the
             pre-trained encoder's length.
-        batch_size, num_workers, cache_dir: see ``TokenDataModule``.
+        **kwargs: ``batch_size``, ``num_workers``, ``cache_dir`` (see ``TokenDataModule``); the
+            tokenizer's CLS is always prepended, so ``prepend_cls`` is no option here.
     """
 
     sequence_fields = ("input_ids", "segment_ids")
+    fixed_arguments: ClassVar[tuple[str, ...]] = ("prepend_cls",)
 
     def __init__(
         self,
@@ -51,15 +53,12 @@ class GlueDataModule(TokenDataModule):
         tokenizer: str | None = None,
         tokenizer_from: str | None = None,
         max_length: int = 512,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        cache_dir: str = "data/cache",
+        **kwargs: Any,
     ) -> None:
         self.spec: GlueTask = get_task(task)
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls=True, cache_dir=cache_dir)
+        super().__init__(data_dir=data_dir, max_length=max_length, prepend_cls=True, **kwargs)
         if max_length < 4:
             raise ValueError(f"max_length must be >= 4 (<s>, a token, </s>, a token), got {max_length}")
-        self.save_hyperparameters()
         self.task = task.lower().replace("-", "")
         self.stage_suffixes = tuple(self.spec.dev)  # ('',) or ('', '_mm') for MNLI
         self.splits = ("train", *(f"val{s}" for s in self.stage_suffixes),
@@ -70,7 +69,8 @@ class GlueDataModule(TokenDataModule):
     def _load_tokenizer(path: str | None, checkpoint: str | None) -> TextTokenizer:
         if path:
             if checkpoint:
-                rank_zero_warn(f"data.tokenizer {path} is used instead of the tokenizer stored in {checkpoint}; "
+                rank_zero_warn(f"data.tokenizer {path} is used instead of the tokenizer stored in "
+                               f"{checkpoint}; "
                                "make sure it is the one the checkpoint was trained with")
             return TextTokenizer.from_file(path)
         if checkpoint:
@@ -132,7 +132,8 @@ class GlueDataModule(TokenDataModule):
         examples = read_split(path, self.spec, source, strict)
         ids, segments, cut = self.encode_pairs(examples.texts)
         if cut:
-            rank_zero_warn(f"{path}: {cut} of {len(ids)} examples are longer than max_length={self.max_length} "
+            rank_zero_warn(f"{path}: {cut} of {len(ids)} examples are longer than "
+                           f"max_length={self.max_length} "
                            "and were truncated (longest sentence first)")
         input_ids, offsets = pack_sequences(ids, np.int32)
         segment_ids, segment_offsets = pack_sequences(segments, np.int8)
@@ -147,7 +148,9 @@ class GlueDataModule(TokenDataModule):
     def encode_pairs(self, texts: list[tuple[str, ...]]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
         """``A </s> [B </s>]`` ids and segment ids per example (no [CLS]: the collator adds it)."""
         sep = self.tokenizer.sep_id
-        columns = [self.tokenizer.encode_batch([t[i] for t in texts]) for i in range(len(texts[0]) if texts else 0)]
+        columns = [
+            self.tokenizer.encode_batch([t[i] for t in texts]) for i in range(len(texts[0]) if texts else 0)
+        ]
         room = self.max_length - 1 - len(columns)  # [CLS] and one </s> per sentence
         ids, segments, cut = [], [], 0
         for parts in zip(*columns):

@@ -19,7 +19,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
 GLUE_HELP = (
-    "GLUE is distributed as the folder glue_data/ with one subfolder per task (CoLA, SST-2, MRPC, STS-B, QQP, "
+    "GLUE is distributed as the folder glue_data/ with one subfolder per task "
+    "(CoLA, SST-2, MRPC, STS-B, QQP, "
     "MNLI, QNLI, RTE, WNLI), e.g. made by the download_glue_data.py script linked from gluebenchmark.com. "
     "Set data.init_args.data_dir to the folder that holds the task folders."
 )
@@ -86,8 +87,12 @@ TASKS: dict[str, GlueTask] = {
         test={"": Split("test.tsv", ("sentence",), leaderboard="SST-2.tsv")},
     ),
     "mrpc": GlueTask("MRPC", BINARY, ("f1", "acc"), *_pair("#1 String", "#2 String", "Quality", "MRPC.tsv")),
-    "stsb": GlueTask("STS-B", None, ("pearson", "spearman"), *_pair("sentence1", "sentence2", "score", "STS-B.tsv")),
-    "qqp": GlueTask("QQP", BINARY, ("acc", "f1"), *_pair("question1", "question2", "is_duplicate", "QQP.tsv")),
+    "stsb": GlueTask(
+        "STS-B", None, ("pearson", "spearman"), *_pair("sentence1", "sentence2", "score", "STS-B.tsv")
+    ),
+    "qqp": GlueTask(
+        "QQP", BINARY, ("acc", "f1"), *_pair("question1", "question2", "is_duplicate", "QQP.tsv")
+    ),
     "mnli": GlueTask(
         "MNLI", MNLI_LABELS, ("acc",),
         train=Split("train.tsv", ("sentence1", "sentence2"), "gold_label"),

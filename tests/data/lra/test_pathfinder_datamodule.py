@@ -7,11 +7,13 @@ import warnings
 import numpy as np
 import pytest
 
-from src.data.pathfinder_datamodule import PathfinderDataModule, read_metadata
-from tests.data.lra_fixtures import write_pathfinder
+from src.data.lra.pathfinder_datamodule import PathfinderDataModule, read_metadata
+from tests.data.lra.fixtures import write_pathfinder
 
 
-def build(tmp_path, seed: int = 0, cache: str = "cache") -> tuple[PathfinderDataModule, list[warnings.WarningMessage]]:
+def build(
+    tmp_path, seed: int = 0, cache: str = "cache"
+) -> tuple[PathfinderDataModule, list[warnings.WarningMessage]]:
     base = tmp_path / "pathfinder32"
     dm = PathfinderDataModule(str(base), difficulty="curv_contour_length_14", seed=seed,
                               cache_dir=str(tmp_path / cache))
@@ -74,5 +76,6 @@ def test_missing_data_and_unknown_difficulty_are_clear_errors(tmp_path):
     write_pathfinder(tmp_path, difficulty="curv_baseline")
     dm = PathfinderDataModule(str(tmp_path / "pathfinder32"), difficulty="curv_contour_length_9",
                               cache_dir=str(tmp_path / "c"))
-    with pytest.raises(FileNotFoundError, match=r"no metadata/\*\.npy in .*curv_contour_length_9.*lra_release\.gz"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"no metadata/\*\.npy in .*curv_contour_length_9.*lra_release\.gz"):
         dm.prepare_data()

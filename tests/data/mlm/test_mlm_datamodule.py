@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.mlm_datamodule import IGNORE_INDEX, MLMDataModule, mask_tokens, pack_blocks
+from src.data.mlm.mlm_datamodule import IGNORE_INDEX, MLMDataModule, mask_tokens, pack_blocks
 
 CLS, SEP, PAD, MASK, UNK = 0, 1, 2, 3, 4
 SPECIAL = (CLS, SEP, PAD, MASK, UNK)
@@ -112,7 +112,9 @@ def test_datamodule_packs_a_text_corpus_with_its_trained_tokenizer(corpus):
     again = make_data(corpus)  # same corpus and options: the cached tokenizer and arrays are reused
     assert again.tokenizer.fingerprint() == tok.fingerprint() and again.cache_path() == data.cache_path()
     assert make_data(corpus, max_length=32).cache_path() != data.cache_path()
-    assert not (corpus / "cache" / "mlm-staging").exists() or not any((corpus / "cache" / "mlm-staging").iterdir())
+    assert not (corpus / "cache" / "mlm-staging").exists() or not any(
+        (corpus / "cache" / "mlm-staging").iterdir()
+    )
 
 
 def test_evaluation_masks_are_fixed_training_masks_are_not(corpus):
@@ -122,7 +124,8 @@ def test_evaluation_masks_are_fixed_training_masks_are_not(corpus):
     val = [data.dataset("val")[i] for i in range(4)]
     fixed = data.collator(fixed=True)
     first, again = fixed(val), fixed(val)
-    assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["labels"], again["labels"])
+    assert (torch.equal(first["input_ids"], again["input_ids"])
+            and torch.equal(first["labels"], again["labels"]))
     train = data.collator()
     torch.manual_seed(0)
     a = train(val)

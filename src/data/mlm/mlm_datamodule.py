@@ -1,6 +1,6 @@
 """Masked-LM pre-training data: a streamed corpus packed into fixed blocks, masked anew every batch.
 
-Documents (``src.data.mlm_corpus``) are tokenised once into the offline cache
+Documents (``src.data.mlm.corpus``) are tokenised once into the offline cache
 and packed into blocks of ``max_length`` tokens, each ``<s> ... </s>``, with
 ``</s>`` also closing every document inside a block (RoBERTa's FULL-SENTENCES
 packing: a long document continues in the next block). The tokens are written
@@ -21,7 +21,7 @@ import shutil
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from src.data.base_datamodule import PaddingCollator, SplitArrays, TokenDataModule, fingerprint_files
-from src.data.mlm_corpus import DOCUMENT_MODES, corpus_files, document_split, iter_documents
+from src.data.mlm.corpus import DOCUMENT_MODES, corpus_files, document_split, iter_documents
 from src.data.tokenizer import KINDS, TextTokenizer, train_tokenizer
 
 IGNORE_INDEX = -100
@@ -138,7 +138,7 @@ class MLMDataModule(TokenDataModule):
 
     Args:
         corpus: ``builtin`` (Python's own documentation, no download), a UTF-8 text file, a
-            folder of ``*.txt`` files, or an HF dataset saved to disk (see ``src.data.mlm_corpus``).
+            folder of ``*.txt`` files, or an HF dataset saved to disk (see ``src.data.mlm.corpus``).
         tokenizer: a ``tokenizer.json``; ``None`` trains one on the corpus's training documents
             (``tokenizer_kind``, ``tokenizer_vocab_size``) and caches it under ``cache_dir/tokenizers``.
         documents: text files hold one document per blank-line-separated block or per line.
@@ -146,8 +146,12 @@ class MLMDataModule(TokenDataModule):
         val_fraction, test_fraction: share of documents (by a hash of their text) held out.
         mlm_probability: share of tokens that are prediction targets (BERT: 0.15).
         max_length: block length in tokens, ``<s>`` and ``</s>`` included.
-        batch_size, num_workers, cache_dir: see ``TokenDataModule``.
+        **kwargs: ``batch_size``, ``num_workers``, ``cache_dir`` (see ``TokenDataModule``); ``corpus``
+            is the data source and blocks carry their own ``<s>``, so ``data_dir`` and
+            ``prepend_cls`` are no options here.
     """
+
+    fixed_arguments: ClassVar[tuple[str, ...]] = ("data_dir", "prepend_cls")
 
     def __init__(
         self,
@@ -162,21 +166,18 @@ class MLMDataModule(TokenDataModule):
         test_fraction: float = 0.02,
         mlm_probability: float = 0.15,
         max_length: int = 512,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        cache_dir: str = "data/cache",
+        **kwargs: Any,
     ) -> None:
         if documents not in DOCUMENT_MODES:
             raise ValueError(f"documents must be one of {DOCUMENT_MODES}, got {documents!r}")
         if tokenizer_kind not in KINDS:
             raise ValueError(f"tokenizer_kind must be one of {KINDS}, got {tokenizer_kind!r}")
-        if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
             raise ValueError(f"need 0 < val_fraction, test_fraction and a sum < 1, got {val_fraction}, "
                              f"{test_fraction}")
         if max_length < 3:
             raise ValueError(f"max_length must be >= 3 (<s>, a token, </s>), got {max_length}")
-        super().__init__(corpus, max_length, batch_size, num_workers, prepend_cls=False, cache_dir=cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=corpus, max_length=max_length, prepend_cls=False, **kwargs)
         self.corpus = corpus
         self.tokenizer_file = tokenizer
         self.mlm_probability = mlm_probability

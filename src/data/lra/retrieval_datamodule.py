@@ -8,12 +8,12 @@ label a float 0/1. Lines are split on tabs only: quotes are ordinary bytes of th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule
-from src.data.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
+from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
 
 SPLIT_FILES: dict[str, str] = {
     "train": "new_aan_pairs.train.tsv",
@@ -58,7 +58,8 @@ def _label(text: bytes, where: str) -> int:
     except ValueError:
         value = None
     if value not in (0.0, 1.0):
-        raise ValueError(f"{where}: expected the label to be 0 or 1 (e.g. 1.0), got {text[:30].decode(errors='replace')!r}")
+        raise ValueError(f"{where}: expected the label to be 0 or 1 (e.g. 1.0), "
+                         f"got {text[:30].decode(errors='replace')!r}")
     return int(value)
 
 
@@ -70,8 +71,9 @@ class RetrievalDataModule(TokenDataModule):
     the validation set.
 
     Args:
-        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``
-            (``max_length`` and ``prepend_cls`` apply to each document).
+        data_dir, max_length: see ``TokenDataModule`` (here with the AAN task's defaults);
+            ``max_length`` and ``prepend_cls`` apply to each document.
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
     """
 
     sequence_fields: ClassVar[tuple[str, ...]] = ("input_ids", "input_ids_1")
@@ -80,13 +82,9 @@ class RetrievalDataModule(TokenDataModule):
         self,
         data_dir: str = "data/lra/retrieval",
         max_length: int = 4000,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        prepend_cls: bool = False,
-        cache_dir: str = "data/cache",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=data_dir, max_length=max_length, **kwargs)
 
     @property
     def base_vocab_size(self) -> int:

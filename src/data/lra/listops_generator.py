@@ -265,7 +265,7 @@ def generate_listops(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m src.data.listops_generator --out data/lra/listops``."""
+    """CLI: ``python -m src.data.lra.listops_generator --out data/lra/listops``."""
     p = argparse.ArgumentParser(
         description="Generate LRA-style ListOps data (basic_{train,val,test}.tsv)."
     )

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.listops import (
+from src.data.lra.listops import (
     FULL_VOCAB,
     LRA_VOCAB,
     encode_tokens,
     get_vocab,
     read_listops_tsv,
 )
-from src.data.listops_datamodule import ListOpsDataModule
-from src.data.listops_generator import generate_listops, main, tree_to_source
+from src.data.lra.listops_datamodule import ListOpsDataModule
+from src.data.lra.listops_generator import generate_listops, main, tree_to_source
 
 SMALL = {"num_train": 300, "num_val": 60, "num_test": 60, "min_length": 10, "max_length": 60}
 PARENS = {"(", ")"}
@@ -216,7 +216,7 @@ def test_reader_checks_header_and_accepts_crlf(tmp_path: Path) -> None:
 def test_reader_missing_file_says_how_to_get_data(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="lra_release/listops-1000") as info:
         read_listops_tsv(tmp_path / "basic_train.tsv")
-    assert "python -m src.data.listops_generator" in str(info.value)
+    assert "python -m src.data.lra.listops_generator" in str(info.value)
 
 
 def test_tokenisation_modes() -> None:
@@ -306,7 +306,8 @@ def test_datamodule_missing_data_errors(tmp_path: Path) -> None:
 
 
 def test_generated_data_with_other_options_is_not_reused(tmp_path):
-    options = dict(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), num_train=20, num_val=5, num_test=5, min_tree_length=5,
+    options = dict(data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), num_train=20, num_val=5,
+                   num_test=5, min_tree_length=5,
                    max_tree_length=30, max_depth=3, max_args=3)
     ListOpsDataModule(**options).prepare_data()
     assert (tmp_path / "generation.json").is_file()

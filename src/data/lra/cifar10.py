@@ -78,7 +78,9 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except ForbiddenGlobalError:
             raise
         except Exception as error:  # truncated or not a pickle at all
-            raise ValueError(f"{path}: not a readable CIFAR-10 batch ({type(error).__name__}: {error})") from error
+            raise ValueError(
+                f"{path}: not a readable CIFAR-10 batch ({type(error).__name__}: {error})"
+            ) from error
     if not isinstance(content, dict) or b"data" not in content or b"labels" not in content:
         keys = sorted(content)[:6] if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {keys}")

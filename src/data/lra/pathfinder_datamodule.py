@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
-from src.data.byte_tokens import VALUE_VOCAB_SIZE, value_tokens
+from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, value_tokens
 
 DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -64,7 +64,8 @@ class PathfinderDataModule(TokenDataModule):
         difficulty: ``curv_baseline``, ``curv_contour_length_9`` or ``curv_contour_length_14``
             (the LRA task uses the hardest, ``curv_contour_length_14``).
         seed: seed of the shuffle before the 80/10/10 split.
-        data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir: see ``TokenDataModule``.
+        data_dir, max_length, batch_size: see ``TokenDataModule`` (here with Pathfinder's defaults).
+        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
     """
 
     def __init__(
@@ -73,15 +74,12 @@ class PathfinderDataModule(TokenDataModule):
         difficulty: str = "curv_contour_length_14",
         max_length: int = 1024,
         batch_size: int = 256,
-        num_workers: int = 0,
-        prepend_cls: bool = False,
-        cache_dir: str = "data/cache",
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
-        super().__init__(data_dir, max_length, batch_size, num_workers, prepend_cls, cache_dir)
-        self.save_hyperparameters()
+        super().__init__(data_dir=data_dir, max_length=max_length, batch_size=batch_size, **kwargs)
         self.difficulty = difficulty
         self.seed = seed
         self._decoded: tuple[list[np.ndarray], np.ndarray] | None = None

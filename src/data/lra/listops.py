@@ -1,7 +1,7 @@
 """LRA ListOps: the TSV reader and the two tokenisations (the DataModule is in ``listops_datamodule``).
 
 Files are ``basic_{train,val,test}.tsv`` with header ``Source\\tTarget`` (the LRA release,
-``lra_release/listops-1000/``, or our generator ``src.data.listops_generator``).
+``lra_release/listops-1000/``, or our generator ``src.data.lra.listops_generator``).
 
 Two tokenisations:
 
@@ -80,7 +80,7 @@ def missing_data_help(data_dir: Path) -> str:
     return (
         "Get the ListOps data either from the LRA release archive (lra_release.gz: copy "
         f"lra_release/listops-1000/basic_{{train,val,test}}.tsv into {data_dir}/) or generate "
-        f"it: python -m src.data.listops_generator --out {data_dir}"
+        f"it: python -m src.data.lra.listops_generator --out {data_dir}"
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.data.text_datamodule import TextDataModule
-from tests.data.lra_fixtures import IMDB_REVIEWS, write_imdb
+from src.data.lra.text_datamodule import TextDataModule
+from tests.data.lra.fixtures import IMDB_REVIEWS, write_imdb
 
 
 def module(tmp_path, **options) -> TextDataModule:
@@ -25,7 +25,8 @@ def test_test_split_is_every_review_as_bytes_plus_one(tmp_path):
     dm = module(tmp_path)
     assert (dm.vocab_size, dm.num_classes, dm.pad_id) == (257, 2, 0)
     test = dm.load_split("test")
-    expected = [(text, label) for name, label in (("neg", 0), ("pos", 1)) for text in IMDB_REVIEWS["test"][name]]
+    expected = [(text, label) for name, label in (("neg", 0), ("pos", 1))
+                for text in IMDB_REVIEWS["test"][name]]
     assert list(zip(texts_of(test), test.arrays["labels"].tolist())) == expected
     ids = np.asarray(test[0]["input_ids"]).tolist()
     assert ids[-1] == 0xFF + 1 and min(ids) >= 1  # b"Awful \xff": raw byte 255 -> id 256, nothing is 0

@@ -1,0 +1,1 @@
+"""GLUE fine-tuning: the task table and readers (``tasks``) and the DataModule."""

@@ -1,0 +1,1 @@
+"""Masked-LM pre-training: corpus readers (``corpus``) and the block-packing DataModule."""
