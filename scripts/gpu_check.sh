@@ -119,7 +119,6 @@ x = torch.nn.functional.normalize(torch.randn(bh, 33, 32, device="cuda"), dim=-1
 ops.hash_gaussian(x, torch.randn(bh, 32, m * tau, device="cuda"), tau)
 ops.hash_fast(x, torch.ones(bh, 3, 1, 32, device="cuda"), m, tau)
 ops.lsh_cumulation(qm, qc, km, kc, v, tau)
-ops.lsh_weighted_cumulation(qm, qc, gr, km, kc, v, k, tau)
 ops.lsh_backward(qm, qc, q, km, kc, k, v, gr, tau)
 torch.cuda.synchronize()
 print("racecheck case ran")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,11 +28,13 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from src.data.samplers import ResumableLoader, ResumableSampler, ShardSampler
+
+log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CACHE_FORMAT = 1  # bump when the on-disk layout of the cache changes
@@ -313,7 +316,7 @@ class TokenDataModule(pl.LightningDataModule):
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits ``stage`` needs; warn once about examples longer than ``max_length``."""
+        """Load the splits ``stage`` needs; say once (a log line) how many examples ``max_length`` cuts."""
         needed = {
             "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
         }.get(stage or "", self.splits)
@@ -331,11 +334,13 @@ class TokenDataModule(pl.LightningDataModule):
                 truncated[split] = n_cut
         if truncated:
             shown = ", ".join(f"{n} of {len(self.datasets[s])} {s}" for s, n in truncated.items())
-            rank_zero_warn(
-                f"{type(self).__name__}: {shown} sequences are longer than max_length={self.max_length}"
-                f"{' (with [CLS])' if self.prepend_cls else ''} and are truncated to their first tokens; "
-                "raise data.max_length to keep them whole."
-            )
+            # A log line, not a Python warning: it describes this run's data (a config choice),
+            # and the first lines a user reads should not look like a library's complaints.
+            if rank_zero_only.rank == 0:
+                cls = " (with [CLS])" if self.prepend_cls else ""
+                log.warning(f"{type(self).__name__}: {shown} sequences are longer than max_length="
+                            f"{self.max_length}{cls} and are truncated to their first tokens; "
+                            "raise data.max_length to keep them whole.")
 
     def collator(self) -> PaddingCollator:
         return PaddingCollator(self.max_length, self.pad_id, self.cls_id, self.sequence_fields)

@@ -28,12 +28,12 @@ def test_rows_become_two_byte_documents_with_quotes_intact(tmp_path):
     assert decode(dm.load_split("train")[1]["input_ids"]) == b'An "unbalanced quote'
 
 
-def test_each_document_is_truncated_on_its_own(tmp_path):
+def test_each_document_is_truncated_on_its_own(tmp_path, caplog):
     dm = RetrievalDataModule(str(write_aan(tmp_path)), max_length=5, batch_size=2,
                              cache_dir=str(tmp_path / "cache"))
     dm.prepare_data()
-    with pytest.warns(UserWarning, match="sequences are longer than max_length=5"):
-        dm.setup("fit")
+    dm.setup("fit")
+    assert "sequences are longer than max_length=5" in caplog.text
     batch = next(iter(dm.val_dataloader()))  # eval rows: ('"quoted"', 'x'), ('y', "'z'")
     assert decode(batch["input_ids"][0]) == b'"quot'
     assert batch["attention_mask"].sum(1).tolist() == [5, 1]

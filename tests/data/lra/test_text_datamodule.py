@@ -56,10 +56,10 @@ def test_lra_practice_validates_on_test(tmp_path):
     assert len(dm.load_split("train")) == 8
 
 
-def test_batches_come_from_worker_processes(tmp_path):
+def test_batches_come_from_worker_processes(tmp_path, caplog):
     dm = module(tmp_path, num_workers=1, max_length=6)
-    with pytest.warns(UserWarning, match="1 of 4 test sequences are longer than max_length=6"):
-        dm.setup("test")
+    dm.setup("test")
+    assert "1 of 4 test sequences are longer than max_length=6" in caplog.text
     batch = next(iter(dm.test_dataloader()))
     assert batch["input_ids"].shape == (4, 6)
     assert batch["input_ids"][0].tolist() == [ord(c) + 1 for c in "Awful "]
