@@ -417,42 +417,41 @@ def load_extension(
         raise RuntimeError(f"YOSO {name} extension sources not found: {missing}")
     library = _library_path(name, sources, cuda, extra_cflags, extra_cuda_cflags,
                             extra_include_paths, extra_ldflags)
-    directory = library.parent
-    _wait_for_other_build(name, directory / "lock")
+    _wait_for_other_build(name, library.parent / "lock")
     unloadable = ""
     if library.is_file():
         try:
             return _import_library(name, library)
         except (ImportError, OSError) as error:  # garbage, truncated, another architecture
             unloadable = f"{type(error).__name__}: {error}"
-        print(
-            f"YOSO {name} extension: the cached {library} cannot be loaded ({unloadable}); "
-            "deleting it and rebuilding.",
-            file=sys.stderr,
-            flush=True,
-        )
-        _remove_build_outputs(directory, library)
-
+        print(f"YOSO {name} extension: the cached {library} cannot be loaded ({unloadable}); "
+              "deleting it and rebuilding.", file=sys.stderr, flush=True)
+        _remove_build_outputs(library.parent, library)
     _check_toolchain(cuda)
+    options = {
+        "extra_cflags": list(extra_cflags or []),
+        "extra_cuda_cflags": list(extra_cuda_cflags or []),
+        "extra_ldflags": list(extra_ldflags or []),
+        "extra_include_paths": [str(path) for path in extra_include_paths or []],
+        "with_cuda": cuda,
+        "verbose": verbose,
+    }
+    return _compile(name, sources, library.parent, options, unloadable)
+
+
+def _compile(name: str, sources: list[Path], directory: Path, options: dict,
+             unloadable: str) -> types.ModuleType:
+    """Run torch's ninja build in ``directory``; a failure names the folder to delete."""
     directory.mkdir(parents=True, exist_ok=True)
-    cpp_extension = _cpp_extension(cuda)
-    minutes = "3-10" if cuda else "1"
+    cpp_extension = _cpp_extension(options["with_cuda"])
+    minutes = "3-10" if options["with_cuda"] else "1"
     print(f"Building YOSO {name} extension (~{minutes} min) in {directory} ...",
           file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         with _compiler_env():
-            module = cpp_extension.load(
-                name=name,
-                sources=[str(source) for source in sources],
-                extra_cflags=list(extra_cflags or []),
-                extra_cuda_cflags=list(extra_cuda_cflags or []),
-                extra_ldflags=list(extra_ldflags or []),
-                extra_include_paths=[str(path) for path in extra_include_paths or []],
-                build_directory=str(directory),
-                with_cuda=cuda,
-                verbose=verbose,
-            )
+            module = cpp_extension.load(name=name, sources=[str(source) for source in sources],
+                                        build_directory=str(directory), **options)
     except Exception as error:  # compiler errors arrive as RuntimeError/CalledProcessError
         detail = str(error).strip()
         if len(detail) > 4000:
