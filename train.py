@@ -9,28 +9,34 @@ and a link whose target the model lacks is an error instead of a silent default.
 Every callback of a run is a top-level section of the config (``RUN_CALLBACKS``).
 Runs log to ``logs/<task>/<attention>/version_N`` (``--trainer.default_root_dir DIR``:
 ``DIR/<task>/<attention>/version_N``). ``last.ckpt`` holds the newest state (every
-validation, every ``--last_checkpoint.every_n_train_steps``, the end of fit, SIGTERM);
-``--ckpt_path last`` resumes from the newest one of the task/attention folder.
+validation, every ``--last_checkpoint.every_n_train_steps``, the end of fit, SIGTERM/SIGINT);
+``--ckpt_path last`` resumes from the newest one of the task/attention folder, ``--ckpt_path auto``
+the same or, without one, starts a new run; a larger ``max_steps`` extends a finished run.
 See docs/robustness.md for DDP, resuming and the answers to bad input.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from src.callbacks.last_checkpoint import LastCheckpoint
-from src.checkpoints import check_resume_checkpoint
+from src.callbacks.last_checkpoint import LastCheckpoint, agreed_signal
+from src.checkpoint_io import CheckpointWriteError, use_atomic_checkpoints
+from src.checkpoints import check_resume_checkpoint, resolve_ckpt_path
 from src.cli import LOG_ROOT, TrainCLI
+from src.signals import STOP, StoppedBySignal, end_at_next_signal, resume_command, signal_name
 
-SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a scheduler expects from a pre-empted job
+CHILD_EXIT_WAIT_S = 120  # after a stop, how long DDP rank 0 waits for the ranks it launched
 
 DEFAULT_TRAINER = {
     "logger": {
@@ -61,6 +67,25 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             "e.g.   python train.py --config configs/quickstart.yaml   (see --help and configs/)"
         )
     quiet_known_upstream_noise()
+    STOP.install()  # SIGTERM/SIGINT: save at the next step boundary, exit 143/130 (src/signals.py)
+    argv = [sys.argv[0], *(sys.argv[1:] if args is None else args)]
+    cli: TrainCLI | None = None
+    try:
+        cli = build_cli(args)
+        metrics = fit_and_test(cli)
+    except (StoppedBySignal, SIGTERMException) as stop:
+        exit_stopped(stop, cli.trainer if cli is not None else None, argv)
+    except CheckpointWriteError as error:  # a full disk: one line, the previous checkpoint is intact
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        STOP.uninstall()
+    if not cli.trainer.interrupted:  # after a crash another rank may be gone: no barrier
+        leave_process_group()
+    return metrics
+
+
+def build_cli(args: list[str] | None) -> TrainCLI:
+    """Parse the configs, build model, data and trainer; checkpoints are written atomically."""
     cli = TrainCLI(
         auto_configure_optimizers=False,  # the modules build their own optimizer and schedule
         save_config_kwargs={"overwrite": True},
@@ -69,11 +94,12 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         args=args,
         parser_kwargs={"description": __doc__},
     )
+    # After the trainer exists: Lightning's default TorchCheckpointIO (also the one a config's
+    # trainer.plugins leaves in place) becomes AtomicCheckpointIO; a CheckpointIO the config
+    # names itself is kept (src/checkpoint_io.py).
+    use_atomic_checkpoints(cli.trainer)
     cli.check_data_links()
-    metrics = fit_and_test(cli)
-    if not cli.trainer.interrupted:  # after Ctrl+C another rank may be gone: no barrier
-        leave_process_group()
-    return metrics
+    return cli
 
 
 def fit_and_test(cli: TrainCLI) -> dict[str, float]:
@@ -85,15 +111,10 @@ def fit_and_test(cli: TrainCLI) -> dict[str, float]:
             check_resume_checkpoint(ckpt_path, cli.model)
         except ValueError as error:
             raise SystemExit(f"error: --ckpt_path: {error}") from None
-    try:
-        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        saved = next((cb.saved_on_sigterm for cb in trainer.callbacks
-                      if isinstance(cb, LastCheckpoint)), None)
-        if trainer.is_global_zero:
-            print(f"Stopped by SIGTERM at step {trainer.global_step}; saved {saved or 'no checkpoint'}. "
-                  f"Resume with --ckpt_path {saved or 'last'}", file=sys.stderr, flush=True)
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    signum = agreed_signal(trainer)  # one that came during the last steps; fit has saved the end
+    if signum:
+        raise StoppedBySignal(signum, trainer.global_step, last_saved(trainer))
     if not cli.config.run_test or trainer.interrupted:
         return {}
     checkpoint = trainer.checkpoint_callback
@@ -115,26 +136,61 @@ def fit_and_test(cli: TrainCLI) -> dict[str, float]:
     return metrics
 
 
-def resolve_ckpt_path(ckpt_path: str | None, trainer: Trainer) -> str | None:
-    """``last``: the newest ``last.ckpt`` in any version folder of this run's ``<save_dir>/<name>``.
+def last_saved(trainer: Trainer | None) -> str | None:
+    """The newest ``last.ckpt`` this run wrote (None: none yet)."""
+    callbacks = trainer.callbacks if trainer is not None else []
+    return next((cb.last_saved for cb in callbacks if isinstance(cb, LastCheckpoint)), None)
 
-    (Lightning's own ``"last"`` looks only in the new run's version folder, which is empty.)
-    Any other value must be an existing file; Lightning then reports a file that is not a
-    checkpoint or does not fit the model (naming the keys).
+
+def exit_stopped(stop: BaseException, trainer: Trainer | None, argv: list[str]) -> NoReturn:
+    """Exit 128 + signal after SIGTERM/SIGINT, printing the exact command that continues the run.
+
+    A stop at a step boundary (``StoppedBySignal`` with a step) was agreed by every rank,
+    so they can still meet to close the process group; any other stop may have left
+    ranks mid-collective, so the ranks this one launched are killed instead.
     """
-    if ckpt_path is None:
-        return None
-    if ckpt_path == "last":
-        logger = trainer.logger
-        root = Path(logger.save_dir) / logger.name if logger is not None else Path(trainer.default_root_dir)
-        found = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise SystemExit(f"error: --ckpt_path last: no last.ckpt under {root}; "
-                             "pass the checkpoint file instead")
-        return str(found[-1])
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"error: --ckpt_path {ckpt_path} does not exist (or is not a file)")
-    return ckpt_path
+    end_at_next_signal()
+    signum = stop.signum if isinstance(stop, StoppedBySignal) else signal.SIGTERM
+    agreed = isinstance(stop, StoppedBySignal) and stop.step is not None
+    saved = stop.checkpoint if isinstance(stop, StoppedBySignal) and stop.checkpoint else last_saved(trainer)
+    children = detach_launched_ranks(trainer)
+    if agreed:
+        leave_process_group()
+    if trainer is None or trainer.is_global_zero:
+        print(stop_message(signal_name(signum), trainer, saved, argv), file=sys.stderr, flush=True)
+    for child in children:
+        if not agreed:
+            child.kill()
+        try:
+            child.wait(timeout=CHILD_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    raise SystemExit(128 + signum)  # 143 / 130: what a shell and a scheduler expect after the signal
+
+
+def stop_message(name: str, trainer: Trainer | None, saved: str | None, argv: list[str]) -> str:
+    """``Stopped by SIGTERM at step N; saved <path>. Resume with:`` and the command line."""
+    where = f" at step {trainer.global_step}" if trainer is not None else ""
+    if saved:
+        return f"Stopped by {name}{where}; saved {saved}. Resume with:\n  {resume_command(argv, saved)}"
+    return (f"Stopped by {name}{where}; nothing was saved in this run. Start it again with:\n  "
+            f"{shlex.join(['python', *argv])}")
+
+
+def detach_launched_ranks(trainer: Trainer | None) -> list[subprocess.Popen]:
+    """The DDP ranks Lightning started from this process, no longer watched by its observer thread.
+
+    The observer SIGKILLs this process as soon as one of them exits non-zero, which
+    each does after a stop (143/130); it shares ``launcher.procs``, so emptying the
+    list ends its watch, and this process waits for them itself.
+    """
+    launcher = getattr(trainer.strategy, "launcher", None) if trainer is not None else None
+    procs = getattr(launcher, "procs", None)
+    if not isinstance(procs, list):
+        return []
+    children = list(procs)
+    procs.clear()
+    return children
 
 
 def writes_predictions(model: Any) -> bool:

@@ -24,8 +24,9 @@ from src.callbacks.last_checkpoint import LastCheckpoint
 from src.callbacks.resource_monitor import ResourceMonitor
 from src.callbacks.seeding import BatchSeeds
 from src.callbacks.throughput import TokenThroughput
-from src.cli_errors import explain, import_class, init_arguments
+from src.cli_errors import check_values, explain, fail, import_class, init_arguments
 from src.extends import expand_extends
+from src.kernels.backends import check_backend_choice
 
 LOG_ROOT = "logs"  # the configs' logger save_dir; --trainer.default_root_dir replaces it
 
@@ -80,7 +81,8 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume training from (e.g. .../checkpoints/last.ckpt), "
-                                 "or 'last': the newest last.ckpt of this task/attention log folder")
+                                 "or 'last': the newest last.ckpt of this task/attention log folder, "
+                                 "or 'auto': that one if it exists, else start a new run")
         parser.add_argument("--extends", type=str | None, default=None,
                             help="(in a config file) the config it builds on, relative to it; "
                                  "train.py composes that one first")
@@ -103,6 +105,7 @@ class TrainCLI(LightningCLI):
         # The bases are merged in now: the saved config.yaml is whole and must not name a
         # base relative to a folder it no longer sits in (it could not be run again).
         self.config.extends = None
+        check_config(self.config)
 
     def before_instantiate_classes(self) -> None:
         """Fill the checkpoint's monitor from the model class, name the log folder by attention,
@@ -145,6 +148,26 @@ class TrainCLI(LightningCLI):
                 f"argument '{target.rsplit('.', 1)[-1]}' in the model class (src/cli.py DATA_LINKS), "
                 "or use a DataModule that does not provide it."
             )
+
+
+def check_config(config: Namespace) -> None:
+    """Refuse, right after parsing, values no run can train with, before data or model exist.
+
+    One place for the numeric ranges (``src.cli_errors.VALUE_RULES``) and the YOSO kernel
+    backend, so a bad value is one ``error:`` line (exit 2), not a traceback at fit time.
+    """
+    check_values(config)
+    attention = config.get(f"{ENCODER}.attention")
+    args = attention.get("init_args") if isinstance(attention, Namespace) else None
+    if not isinstance(args, Namespace) or "backend" not in args:
+        return  # not a YOSO attention: the kernels (and $YOSO_BACKEND) are never used
+    if args.get("expectation") and not args.get("conv_window"):
+        return  # YOSO-E without convolution computes in plain PyTorch: no kernels either
+    try:
+        check_backend_choice(args.backend)  # None: $YOSO_BACKEND (the attention's own choice wins)
+    except ValueError as error:
+        where = "" if args.backend is None else f"{ENCODER}.attention.init_args."
+        fail(f"{where}{error}")  # the message starts with "backend=..." or "YOSO_BACKEND=..."
 
 
 def _data_attribute(name: str):  # noqa: ANN202 (a compute_fn for link_arguments)

@@ -1,9 +1,16 @@
-"""Readable command-line errors: a mistyped key or class names the valid choices.
+"""Readable command-line errors: a mistyped key or class names the valid choices; a value
+out of range is refused before any data is prepared or model built.
 
 jsonargparse reports ``--data.init_args.max_lenght 5`` as a nest of union
 alternatives ending in ``NestedArg(key='max_lenght', ...)``. ``explain`` puts a
 one-line answer in front of that message: which key or class is unknown, where,
 the closest valid names (``difflib``) and the full list.
+
+``ConfigError`` is the project's own parse error (a bad config file, a value out of
+range, a bad ``$YOSO_BACKEND``): ``fail`` prints it as one ``error: ...`` line on
+stderr and exits with 2, the code of jsonargparse's parse errors, with no traceback.
+``check_values`` holds the numeric ranges (``VALUE_RULES``); the constructors keep
+their own checks as a second line for code that builds them without ``train.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
@@ -119,3 +131,110 @@ def explain(message: str) -> str:
             break
         return f"{summary}\n\n(full parser message)\n{message}"
     return message
+
+
+PARSE_ERROR_EXIT_CODE = 2  # what jsonargparse exits with on a parse error
+
+
+class ConfigError(SystemExit):
+    """A bad config file or value: exits like a parse error, its message already printed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PARSE_ERROR_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit 2 (a usage error, not a crash)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """A numeric range a config key must satisfy, and what to tell the user when it does not."""
+
+    key: str
+    valid: Callable[[float], bool]
+    requirement: str  # completes "must be ..."
+    example: str  # a valid value to suggest
+
+
+VALUE_RULES: tuple[ValueRule, ...] = (
+    ValueRule("data.init_args.batch_size", lambda v: v >= 1,
+              "an int >= 1 (examples per batch and process)", "32"),
+    ValueRule("model.init_args.learning_rate", lambda v: v > 0, "> 0 (the peak of the schedule)", "1e-4"),
+    ValueRule("model.init_args.weight_decay", lambda v: v >= 0, ">= 0 (0 turns it off)", "0.01"),
+    ValueRule("trainer.max_steps", lambda v: v >= 1 or v == -1,
+              ">= 1, or -1 for no step limit (max_epochs then ends the run)", "5000"),
+    ValueRule("data.init_args.max_length", lambda v: v >= 1, "an int >= 1 (tokens per sequence)", "2000"),
+)
+
+ENCODER_DIM_KEY = "model.init_args.encoder.init_args.dim"
+TRAINING_BYTES_PER_FLOAT = 16
+"""float32 weight, gradient and Adam's two moments: what one trained parameter costs."""
+
+
+def _number(config: Any, key: str) -> float | None:
+    """The value at dotted ``key`` when it is a number (absent, None or other types: None)."""
+    try:
+        value = config.get(key)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def check_values(config: Any) -> None:
+    """Refuse, at parse time, a value no run can train with (``VALUE_RULES``, ``max_length``'s memory)."""
+    for rule in VALUE_RULES:
+        value = _number(config, rule.key)
+        if value is not None and not rule.valid(value):
+            fail(f"{rule.key} = {value!r} is out of range: it must be {rule.requirement}. "
+                 f"Fix it in the config or on the command line, e.g. --{rule.key} {rule.example}")
+    check_max_length_fits(config)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM in this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_max_length_fits(config: Any) -> None:
+    """Refuse a ``max_length`` whose position table cannot even be trained in this machine's RAM.
+
+    The learned table is ``max_length x dim`` floats, allocated whatever the data's real
+    lengths (batches pad only to their longest). Training it costs 16 bytes a float
+    (weight, gradient, two Adam moments); when that alone exceeds physical RAM no run
+    can work, and failing here beats an out-of-memory kill after preparing the data.
+    """
+    length, dim = _number(config, "data.init_args.max_length"), _number(config, ENCODER_DIM_KEY)
+    memory = physical_memory()
+    if length is None or dim is None or memory is None or dim < 1:
+        return
+    length, dim = int(length), int(dim)
+    needed = length * dim * TRAINING_BYTES_PER_FLOAT
+    if needed <= memory:
+        return
+    longest = memory // (dim * TRAINING_BYTES_PER_FLOAT)
+    fail(f"data.init_args.max_length = {length} does not fit this machine: its position table "
+         f"({length} x dim {dim}) needs {_size(needed)} to train (weights, gradient and two Adam "
+         f"moments, 16 bytes a float), more than the {_size(memory)} of RAM. Set it to the longest "
+         f"sequence the task needs (at most {longest} here), e.g. --data.init_args.max_length 2000")
+
+
+def _size(num_bytes: float) -> str:
+    """``1.5 TiB``-style size for messages."""
+    units = ("B", "KiB", "MiB", "GiB")
+    for unit in units:
+        if num_bytes < 1024:
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TiB"

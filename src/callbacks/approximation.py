@@ -1,10 +1,11 @@
 """TensorBoard view of how closely YOSO's sampled attention tracks its expectation.
 
 Researchers choose ``m`` and ``tau`` by how well YOSO-m follows YOSO-E and what
-that costs; the loss curve alone cannot tell them. Every ``every_n_steps``
-training steps this callback runs the encoder on one fixed validation batch,
-captures each YOSO layer's ``q``, ``k``, ``v`` and mask with forward hooks, and
-compares, on exactly those inputs, the sampled cumulation with its expectation:
+that costs; the loss curve alone cannot tell them. After the first training step
+of a fit (so that a short run shows it too) and every ``every_n_steps`` training
+steps, this callback runs the encoder on one fixed validation batch, captures
+each YOSO layer's ``q``, ``k``, ``v`` and mask with forward hooks, and compares,
+on exactly those inputs, the sampled cumulation with its expectation:
 
 - ``approx/layer<i>/rel_err``: ``||Y_m - Y_E|| / ||Y_E||`` of the unnormalised
   cumulation ``Y`` (the estimator the paper analyses; ``E[Y_m] = Y_E``);
@@ -237,7 +238,8 @@ def capture_attention_inputs(
 
 
 class ApproximationMonitor(L.Callback):
-    """Log, every ``every_n_steps`` steps, how well each YOSO layer's sampling tracks YOSO-E.
+    """Log, after the first step of a fit and every ``every_n_steps`` steps, how well each YOSO
+    layer's sampling tracks YOSO-E.
 
     Needs only a LightningModule with a ``TransformerEncoder`` somewhere in its
     module tree and a validation dataloader of dict batches (``input_ids``,
@@ -245,7 +247,8 @@ class ApproximationMonitor(L.Callback):
     A model without sampled YOSO layers (softmax, YOSO-E) makes it a no-op.
 
     Args:
-        every_n_steps: measure when ``trainer.global_step`` is a multiple of this.
+        every_n_steps: measure when ``trainer.global_step`` is a multiple of this, and at the
+            first step of each fit (``global_step`` 1, or the step after the one resumed from).
         num_examples: examples of the first validation batch that make the fixed batch.
         crop: tokens shown in the image and used for the angle histogram.
         seed: seed of the private generator for the measurement's hashes and upstream gradient.
@@ -268,6 +271,7 @@ class ApproximationMonitor(L.Callback):
         self._active = True
         self._batch: dict[str, torch.Tensor] | None = None
         self._last_step = -1
+        self._first_step = 1  # the fit's first optimisation step; set again at on_train_start
         self._warned: set[str] = set()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -280,13 +284,25 @@ class ApproximationMonitor(L.Callback):
             self._active = False
             self._warn_once("no-logger", "ApproximationMonitor: the trainer has no logger; nothing to log.")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume the restored global_step is already set here.
+        self._first_step = trainer.global_step + 1
+
+    def due(self, step: int) -> bool:
+        """Whether to measure at ``step``: the fit's first step, then every ``every_n_steps``.
+
+        Steps before the first (``global_step`` 0 during gradient accumulation) are skipped:
+        no optimisation step has run, and the view must run between two of them.
+        """
+        return step >= self._first_step and (step == self._first_step or step % self.every_n_steps == 0)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if not self._active or not trainer.is_global_zero or step == self._last_step:
             return
-        if step % self.every_n_steps:
+        if not self.due(step):
             return
         self._last_step = step
         start = perf_counter()

@@ -18,9 +18,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
-import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,13 +30,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from src.data.cache_manifest import describe_array, folder_problem, map_split, write_manifest
+from src.data.preparation import discard, exclusive_lock, remove_path, remove_stale_staging, staging_path
 from src.data.samplers import ResumableLoader, ResumableSampler, ShardSampler
+from src.signals import worker_init
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CACHE_FORMAT = 1  # bump when the on-disk layout of the cache changes
-_COMPLETE = "complete.json"
+CACHE_FORMAT = 2  # bump when the on-disk layout of the cache changes (2: manifest.json)
 
 SplitArrays = dict[str, np.ndarray]
 """One split: for each sequence field ``f``, ``f`` (all ids, flat) and ``f + "_offsets"``
@@ -51,6 +51,15 @@ def pack_sequences(sequences: Sequence[np.ndarray], dtype: np.dtype | type) -> t
     np.cumsum([len(s) for s in sequences], out=offsets[1:])
     flat = np.concatenate(sequences).astype(dtype, copy=False) if len(sequences) else np.zeros(0, dtype=dtype)
     return flat, offsets
+
+
+class CacheRepairWarning(UserWarning):
+    """A damaged cache folder was found and is being rebuilt (named in the message)."""
+
+
+def inputs_digest(inputs: dict[str, Any]) -> str:
+    """SHA-256 of the cache-key record (its first 16 hex digits name the cache folder)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint_files(paths: Sequence[Path]) -> list[list[Any]]:
@@ -176,6 +185,7 @@ class TokenDataModule(pl.LightningDataModule):
     splits: ClassVar[tuple[str, ...]] = SPLITS
     pad_id: ClassVar[int] = 0
     fixed_arguments: ClassVar[tuple[str, ...]] = ()
+    data_dir_is_folder: ClassVar[bool] = True  # MLM's data_dir is the corpus: a file is fine there
 
     def __init__(
         self,
@@ -250,51 +260,97 @@ class TokenDataModule(pl.LightningDataModule):
         return "cls" if self.cls_id is not None else "mean"
 
     # -- the cache ---------------------------------------------------------------------------
-    def cache_key(self) -> str:
-        """Hash of the class, the preprocessing options and the source files' fingerprints."""
-        record = {
+    def check_data_dir(self) -> None:
+        """``data_dir`` must be a folder; a file there (e.g. one of the TSVs) gets a clear error."""
+        if self.data_dir_is_folder and self.data_dir.exists() and not self.data_dir.is_dir():
+            raise NotADirectoryError(
+                f"data.init_args.data_dir={self.data_dir} is a file, not a folder; set it to the folder "
+                f"that holds {type(self).__name__}'s files (perhaps {self.data_dir.parent})"
+            )
+
+    def cache_inputs(self) -> dict[str, Any]:
+        """What the arrays are made from: the class, the preprocessing options, the sources' fingerprints."""
+        self.check_data_dir()
+        return {
             "format": CACHE_FORMAT,
             "task": type(self).__name__,
             "options": self.cache_options(),
             "sources": fingerprint_files(self.source_files()),
         }
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cache_key(self) -> str:
+        """Short hash of ``cache_inputs``: the name of the cache folder."""
+        return inputs_digest(self.cache_inputs())[:16]
 
     def cache_path(self) -> Path:
-        return self.cache_dir / type(self).__name__.removesuffix("DataModule").lower() / self.cache_key()
+        return self._cache_folder(self.cache_key())
+
+    def _cache_folder(self, key: str) -> Path:
+        return self.cache_dir / type(self).__name__.removesuffix("DataModule").lower() / key
+
+    def _locate_cache(self) -> tuple[Path, dict[str, Any], str]:
+        inputs = self.cache_inputs()
+        digest = inputs_digest(inputs)
+        return self._cache_folder(digest[:16]), inputs, digest
 
     def prepare_data(self) -> None:
-        """Preprocess every split once into the cache (one process per node does this)."""
+        """Make the sources, then the cache; any number of processes may call this at once."""
+        self.check_data_dir()
         self.prepare_sources()
-        folder = self.cache_path()
-        if (folder / _COMPLETE).is_file():
-            return
+        self.ensure_cache()
+
+    def ensure_cache(self) -> Path:
+        """The cache folder, checked by its manifest (sizes and names); built, or rebuilt if damaged."""
+        folder, inputs, digest = self._locate_cache()
+        remove_stale_staging(folder.parent)  # a listing: cheap enough for every start
+        if folder.is_dir() and folder_problem(folder, digest) is None:
+            return folder
+        self._build_locked(folder, inputs, digest)
+        return folder
+
+    def _build_locked(self, folder: Path, inputs: dict[str, Any], digest: str) -> None:
+        """Under the folder's lock: check again (another process may have built it), then build."""
+        with exclusive_lock(folder.with_name(folder.name + ".lock"), f"preprocessing into {folder}"):
+            if folder.is_dir():
+                problem = folder_problem(folder, digest, headers=True)
+                if problem is None:
+                    return  # another process built or repaired it while we waited
+                warnings.warn(f"The preprocessed cache {folder} is damaged ({problem}); rebuilding it "
+                              f"from {self.data_dir}", CacheRepairWarning, stacklevel=3)
+                discard(folder)
+            self._build(folder, inputs, digest)
+
+    def _build(self, folder: Path, inputs: dict[str, Any], digest: str) -> None:
+        """Preprocess every split into a private staging folder, write the manifest, rename it into place."""
         rank_zero_info(f"Preprocessing {type(self).__name__} from {self.data_dir} into {folder}")
-        # Unique per process and host: preparers on several nodes of a shared filesystem never
-        # write into the same staging folder; the first complete rename wins, the others discard.
-        unique = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging = folder.with_name(f"{folder.name}.tmp-{unique}")
+        staging = staging_path(folder)
         staging.mkdir(parents=True)
-        counts = {}
         try:
-            for split in tqdm(self.splits, desc=f"{type(self).__name__}: preprocessing", unit="split"):
-                arrays = self.build_split(split)
-                self._check_split(split, arrays)
-                for name, array in arrays.items():
-                    np.save(staging / f"{split}.{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-                counts[split] = len(arrays[f"{self.sequence_fields[0]}_offsets"]) - 1
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        (staging / _COMPLETE).write_text(
-            json.dumps({"options": self.cache_options(), "examples": counts}) + "\n"
-        )
-        try:
+            examples, files = self._write_splits(staging)
+            write_manifest(staging, inputs, digest, examples, files)
             staging.rename(folder)  # atomic: a reader never sees a half-written cache
         except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another process finished first
-            if not (folder / _COMPLETE).is_file():
+            remove_path(staging)
+            # Only without a working lock can another process have published first.
+            if not folder.is_dir() or folder_problem(folder, digest) is not None:
                 raise
+        except BaseException:
+            remove_path(staging)
+            raise
+
+    def _write_splits(self, staging: Path) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+        """Each split's arrays as ``.npy`` files; returns example counts and the manifest's file entries."""
+        examples: dict[str, int] = {}
+        files: dict[str, dict[str, Any]] = {}
+        for split in tqdm(self.splits, desc=f"{type(self).__name__}: preprocessing", unit="split"):
+            arrays = self.build_split(split)
+            self._check_split(split, arrays)
+            for name, array in arrays.items():
+                path = staging / f"{split}.{name}.npy"
+                np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+                files[path.name] = describe_array(path, array)
+            examples[split] = len(arrays[f"{self.sequence_fields[0]}_offsets"]) - 1
+        return examples, files
 
     def _check_split(self, split: str, arrays: SplitArrays) -> None:
         for field in self.sequence_fields:
@@ -304,14 +360,18 @@ class TokenDataModule(pl.LightningDataModule):
             raise ValueError(f"{type(self).__name__}: the {split} split of {self.data_dir} has no examples")
 
     def load_split(self, split: str) -> TokenDataset:
-        """Memory-map a cached split."""
-        folder = self.cache_path()
-        if not (folder / _COMPLETE).is_file():
+        """Memory-map a cached split; a damaged cache is rebuilt first (with one warning)."""
+        folder, inputs, digest = self._locate_cache()
+        if not folder.is_dir():
             raise RuntimeError(f"no preprocessed cache at {folder}; call prepare_data() first")
-        arrays = {
-            path.name[len(split) + 1 : -len(".npy")]: np.load(path, mmap_mode="r", allow_pickle=False)
-            for path in sorted(folder.glob(f"{split}.*.npy"))
-        }
+        problem = folder_problem(folder, digest)
+        arrays, problem = (None, problem) if problem else map_split(folder, split)
+        if problem is not None:
+            self._build_locked(folder, inputs, digest)
+            arrays, problem = map_split(folder, split)
+            if problem is not None:
+                raise RuntimeError(f"the rebuilt cache {folder} is unreadable ({problem}); "
+                                   "is another program writing there? Delete the folder and run again")
         return TokenDataset(arrays, self.sequence_fields)
 
     # -- Lightning hooks -----------------------------------------------------------------------
@@ -342,7 +402,8 @@ class TokenDataModule(pl.LightningDataModule):
                             f"{self.max_length}{cls} and are truncated to their first tokens; "
                             "raise data.max_length to keep them whole.")
 
-    def collator(self) -> PaddingCollator:
+    def collator(self, split: str = "train") -> PaddingCollator:
+        """How ``split``'s examples become a batch (the same for every split here)."""
         return PaddingCollator(self.max_length, self.pad_id, self.cls_id, self.sequence_fields)
 
     def dataset(self, split: str) -> TokenDataset:
@@ -356,9 +417,10 @@ class TokenDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=self.collator(),
+            collate_fn=self.collator(split),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,  # workers ignore SIGTERM/SIGINT: the main process stops them
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -369,8 +431,9 @@ class TokenDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(self.dataset("train"), num_replicas=replicas, rank=rank, seed=seed)
         loader = ResumableLoader(
             self.dataset("train"), sampler=sampler, batch_size=self.batch_size,
-            num_workers=self.num_workers, collate_fn=self.collator(),
+            num_workers=self.num_workers, collate_fn=self.collator("train"),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+            worker_init_fn=worker_init,
         )
         if self._train_position is not None:
             loader.restore(self._train_position)
@@ -389,8 +452,8 @@ class TokenDataModule(pl.LightningDataModule):
         return DataLoader(
             self.dataset("test"), batch_size=self.batch_size,
             sampler=ShardSampler(self.dataset("test"), num_replicas=replicas, rank=rank),
-            num_workers=self.num_workers, collate_fn=self.collator(),
-            pin_memory=torch.cuda.is_available(),
+            num_workers=self.num_workers, collate_fn=self.collator("test"),
+            pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init,
         )
 
     def _world(self) -> tuple[int, int]:

@@ -50,16 +50,18 @@ class Kernels(Protocol):
 def select_kernels(device: torch.device, backend: str | None = None) -> Kernels:
     """The kernels for tensors on ``device`` under ``backend`` (None: ``$YOSO_BACKEND`` or auto)."""
     name = backend or os.environ.get(BACKEND_ENV_VAR) or "auto"
+    source = "backend" if backend else f"${BACKEND_ENV_VAR}"
     if name not in BACKENDS:
-        source = "backend" if backend else f"${BACKEND_ENV_VAR}"
         raise ValueError(f"unknown YOSO backend {name!r} (from {source}); choose one of {BACKENDS}")
     if name == "reference":
         _announce(device, "YOSO: reference kernels (chosen by name)")
         return reference
     if name != "auto" and name != device.type:
+        fix = (f"unset {BACKEND_ENV_VAR} or set it to one of {', '.join(BACKENDS)}" if not backend
+               else "choose backend='auto'")
         raise ValueError(
-            f"YOSO backend {name!r} runs on {name} tensors, got {device.type} tensors; "
-            "move the tensors or choose backend='auto'"
+            f"YOSO backend {name!r} (from {source}) runs on {name} tensors, got {device.type} tensors; "
+            f"move the tensors or {fix}"
         )
     if device.type not in ops.DEVICE_TYPES:
         _announce(device, f"YOSO: reference kernels (no compiled kernels for {device.type} tensors)")
@@ -76,6 +78,24 @@ def select_kernels(device: torch.device, backend: str | None = None) -> Kernels:
     isa = f" ({extension.active_isa()})" if device.type == "cpu" else ""
     _announce(device, f"YOSO: compiled {device.type.upper()} kernels{isa}")
     return ops
+
+
+def check_backend_choice(backend: str | None = None) -> None:
+    """Refuse, before any work, a backend (``backend`` or ``$YOSO_BACKEND``) this machine cannot run.
+
+    ``select_kernels`` would only notice at the first forward pass, after the data is
+    prepared; the message names where the choice came from and the valid values.
+    """
+    name = backend or os.environ.get(BACKEND_ENV_VAR) or "auto"
+    source = f"backend={name!r}" if backend else f"{BACKEND_ENV_VAR}={name}"
+    valid = ", ".join(BACKENDS)
+    if name not in BACKENDS:
+        raise ValueError(f"{source} is not a YOSO backend; valid values: {valid} "
+                         f"(auto: compiled kernels for the tensors' device)")
+    if name == "cuda" and not torch.cuda.is_available():
+        fix = f"unset {BACKEND_ENV_VAR} or set it to auto" if not backend else "use backend='auto'"
+        raise ValueError(f"{source} but this machine has no usable CUDA GPU (torch.cuda.is_available() "
+                         f"is False); {fix} (valid values: {valid})")
 
 
 def _announce(device: torch.device, message: str) -> bool:

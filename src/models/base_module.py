@@ -1,7 +1,8 @@
 """The task base: what every experiment (LRA, MLM, GLUE) shares, written once.
 
 A task module adds only its head, its loss and its metrics. This class owns
-the optimizer and its warm-up/decay schedule, one ``model_step`` for every
+the optimizer and its warm-up/decay schedule (which a resumed run with a larger
+``max_steps`` stretches to its new length), one ``model_step`` for every
 stage, one torchmetrics collection per stage (so DDP reductions never mix
 stages), the best validation value of the monitored metric (``val/<metric>_best``,
 also the metric of TensorBoard's HPARAMS tab), ``save_hyperparameters`` (a
@@ -19,14 +20,27 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
 from torch.utils.tensorboard.summary import hparams
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
-from src.checkpoints import read_state_dict, state_mismatches
+from src.checkpoints import (
+    ENCODER_SHAPE,
+    identity_differences,
+    model_identity,
+    read_state_dict,
+    reopen_unfinished_epoch,
+    state_mismatches,
+)
 from src.models.components.encoder import TransformerEncoder
-from src.models.schedules import warmup_then_decay
+from src.models.schedules import (
+    is_warmup_then_decay,
+    scheduled_steps,
+    stretch,
+    upgrade_state,
+    warmup_then_decay,
+)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -87,6 +101,7 @@ class TaskModule(pl.LightningModule):
             metric.dist_sync_on_step = True
         name, mode = self.monitor
         self.best_monitored = MaxMetric() if mode == "max" else MinMetric()
+        self._saved_schedule_steps: int | None = None  # the length a resumed checkpoint's schedule had
 
     # -- what a task defines -------------------------------------------------------------
     def build_metrics(self) -> MetricCollection:
@@ -135,8 +150,14 @@ class TaskModule(pl.LightningModule):
         best = self.best_monitored.compute()
         self.log(f"{name}_best", best, prog_bar=True, sync_dist=True)
 
-    @rank_zero_only
     def on_train_start(self) -> None:
+        """A resumed run continues with the schedule of its own length; the HPARAMS tab gets its metric."""
+        if self.trainer.ckpt_path:
+            self.continue_schedule()
+        self.declare_hparams_metric()
+
+    @rank_zero_only
+    def declare_hparams_metric(self) -> None:
         """Make ``val/<metric>_best`` the metric of TensorBoard's HPARAMS tab (it shows the latest value).
 
         train.py's loggers have ``default_hp_metric=False``: no ``hp_metric`` series with a -1
@@ -154,15 +175,53 @@ class TaskModule(pl.LightningModule):
         optimizer = OPTIMIZERS[hp.optimizer](
             self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = warmup_then_decay(optimizer, hp.warmup_steps, total, hp.schedule)
+        scheduler = warmup_then_decay(optimizer, hp.warmup_steps, self.schedule_length(), hp.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule_length(self) -> int:
+        """Optimizer steps of this run (``max_steps``, or the epochs' batches): the schedule's length."""
+        return int(self.trainer.estimated_stepping_batches)
+
+    def continue_schedule(self) -> None:
+        """After a resume, give the schedule this run's length and say so when it changed.
+
+        The restored optimizer holds the rate of the checkpoint's schedule (0.0 at the
+        end of a finished linear decay): a longer ``max_steps`` would otherwise train on
+        at that rate. Recomputed here, the run continues as if it had been started with
+        its new length (a killed run resumed with the same length keeps its rate exactly).
+        """
+        saved, total = self._saved_schedule_steps, self.schedule_length()
+        rates = [stretch(config.scheduler, total) for config in self.trainer.lr_scheduler_configs
+                 if is_warmup_then_decay(config.scheduler)]
+        if rates and saved != total:
+            step = self.trainer.global_step
+            rank_zero_info(
+                f"Resumed at step {step} of a run scheduled for max_steps {saved or 'unknown'}; "
+                f"continuing with the {self.hparams.schedule} schedule of max_steps {total}, as if the run "
+                f"had started with it: LR {rates[0]:.4g} at step {step}"
+            )
+
+    # -- resuming ------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Prepare a ``--ckpt_path`` checkpoint for a run that may be longer than the one that wrote it.
+
+        Runs before Lightning restores loops and schedulers from ``checkpoint``. A checkpoint
+        written when fit ended resumes as one written after its last batch would
+        (``reopen_unfinished_epoch``): the same batches and seeds as an uninterrupted run.
+        The schedule's saved length is noted (``continue_schedule`` replaces it) and a state
+        of the chained schedulers of older checkpoints is made loadable.
+        """
+        reopen_unfinished_epoch(checkpoint)
+        states = checkpoint.get("lr_schedulers")
+        if states:
+            self._saved_schedule_steps = scheduled_steps(states[0])
+            checkpoint["lr_schedulers"] = [upgrade_state(state) for state in states]
 
     # -- starting from another run -----------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Load ``init_from`` before fitting, unless a resumed checkpoint will overwrite it anyway."""
         if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
-            load_encoder_weights(self.encoder, self.hparams.init_from)
+            load_encoder_weights(self.encoder, self.hparams.init_from, model_identity(self))
 
 
 def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, int | float | str | bool]:
@@ -176,14 +235,23 @@ def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, in
     return flat
 
 
-def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path) -> None:
+def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
+                         identity: Mapping[str, Any] | None = None) -> None:
     """Copy the ``encoder.*`` tensors of a Lightning checkpoint into ``encoder``.
 
     Loaded with ``weights_only=True`` (no code runs). Any missing, unexpected or
-    differently shaped key is an error that names it, never a partial load.
+    differently shaped key is an error that names it, never a partial load. With the
+    model's ``identity`` (``src.checkpoints.model_identity``), an encoder of another
+    attention class or shape is warned about (both named): its weights may fit, but they
+    were trained for another computation. The task module is not compared: starting
+    another task from a pre-trained encoder (MLM -> GLUE) is what ``init_from`` is for.
     """
     path = Path(checkpoint_path)
-    _, state = read_state_dict(path)
+    checkpoint, state = read_state_dict(path)
+    differences = identity_differences(checkpoint.get("hyper_parameters"), identity or {},
+                                       ("encoder", "attention", *ENCODER_SHAPE))
+    if differences:
+        rank_zero_warn(f"init_from {path} was written by another encoder ({'; '.join(differences)})")
     prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:

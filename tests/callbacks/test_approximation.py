@@ -73,14 +73,15 @@ class TinyClassifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
-def fit(tmp_path: Path, callbacks: list, attention: str = "yoso", max_steps: int = 6) -> EventAccumulator:
+def fit(tmp_path: Path, callbacks: list, attention: str = "yoso", max_steps: int = 6,
+        accumulate: int = 1) -> EventAccumulator:
     """Train the tiny model (shuffled data, dropout, YOSO hashing: all draw from torch's RNG)."""
     L.seed_everything(7)
     model = TinyClassifier(attention)
     trainer = L.Trainer(
         max_steps=max_steps, logger=TensorBoardLogger(tmp_path, name="run"), enable_checkpointing=False,
         accelerator="cpu", callbacks=callbacks, log_every_n_steps=1, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        enable_model_summary=False, num_sanity_val_steps=0, accumulate_grad_batches=accumulate,
     )
     train = DataLoader(RandomTokens(24, seed=1), batch_size=8, shuffle=True)  # 3 batches: epochs reshuffle
     trainer.fit(model, train, DataLoader(RandomTokens(8, seed=2), batch_size=8))
@@ -96,17 +97,40 @@ def test_writes_scalars_histograms_and_images(tmp_path):
     for layer in (0, 1):
         for name in SCALARS:
             values = events.Scalars(f"approx/layer{layer}/{name}")
-            assert [e.step for e in values] == [2, 4, 6]
+            assert [e.step for e in values] == [1, 2, 4, 6]  # the first step, then every 2
             assert all(e.value == e.value and e.value >= 0 for e in values)  # finite, no NaN
         assert f"approx/layer{layer}/qk_angle" in tags["histograms"]
         histograms = events.Histograms(f"approx/layer{layer}/qk_angle")
         assert 0 <= histograms[0].histogram_value.min <= histograms[0].histogram_value.max <= 180
         images = events.Images(f"approx/layer{layer}/expectation_vs_sampled")
-        assert [e.step for e in images] == [2, 4, 6]
+        assert [e.step for e in images] == [1, 2, 4, 6]
         picture = Image.open(io.BytesIO(images[0].encoded_image_string))
         # 16 tokens enlarged 16x: expectation | one-token separator | frequencies.
         assert picture.size == ((2 * 16 + 1) * 16, 16 * 16)
-    assert monitor.measurements == 3 and monitor.seconds > 0
+    assert monitor.measurements == 4 and monitor.seconds > 0
+
+
+def test_a_run_shorter_than_the_interval_is_measured_at_its_first_step(tmp_path):
+    monitor = ApproximationMonitor()  # every 200 steps, the config's default
+    events = fit(tmp_path, [monitor], max_steps=3)
+    for layer in (0, 1):
+        values = events.Scalars(f"approx/layer{layer}/rel_err")
+        assert [e.step for e in values] == [1]
+        assert 0 < values[0].value < 10  # a real measurement, not a placeholder
+        assert [e.step for e in events.Images(f"approx/layer{layer}/expectation_vs_sampled")] == [1]
+    assert monitor.measurements == 1
+
+
+def test_with_gradient_accumulation_the_first_measurement_follows_the_first_optimizer_step(tmp_path):
+    # Two batches per optimizer step: global_step is still 0 after the first batch.
+    events = fit(tmp_path, [ApproximationMonitor(every_n_steps=200)], max_steps=2, accumulate=2)
+    assert [e.step for e in events.Scalars("approx/layer0/rel_err")] == [1]
+
+
+def test_a_resumed_fit_measures_its_own_first_step():
+    monitor = ApproximationMonitor(every_n_steps=200)
+    monitor.on_train_start(type("Resumed", (), {"global_step": 300})(), None)
+    assert [s for s in range(298, 802) if monitor.due(s)] == [301, 400, 600, 800]
 
 
 def test_softmax_model_is_a_noop_with_one_message(tmp_path, caplog):
@@ -176,5 +200,5 @@ def test_composed_config_logs_the_view_through_train_py(tmp_path):
     run_dir = next((tmp_path / "logs").rglob("version_0"))
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "histograms": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("approx/layer1/rel_err")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("approx/layer1/rel_err")] == [1, 2, 4, 6]
     assert "approx/layer0/expectation_vs_sampled" in events.Tags()["images"]

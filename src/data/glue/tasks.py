@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 
+from src.data.text_decoding import naming_decode_errors
+
 GLUE_HELP = (
     "GLUE is distributed as the folder glue_data/ with one subfolder per task "
     "(CoLA, SST-2, MRPC, STS-B, QQP, "
@@ -132,7 +134,9 @@ def read_split(path: Path, task: GlueTask, split: Split, strict: bool) -> Exampl
     labels: list[float | int] = []
     indices: list[int] = []
     skipped: list[str] = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: MRPC's files may start with a BOM
+    advice = "GLUE files are UTF-8: re-download the task (gluebenchmark.com)"
+    encoding = "utf-8-sig"  # MRPC's files may start with a BOM
+    with naming_decode_errors(path, encoding, advice), open(path, encoding=encoding, newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None) if split.header else None
         if split.header and header is None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.base_datamodule import pack_sequences
+from src.data.text_decoding import naming_decode_errors
 
 HEADER = "Source\tTarget"
 TOKENIZATIONS: tuple[str, ...] = ("full", "lra")
@@ -95,7 +96,7 @@ def iter_listops_tsv(path: str | Path) -> Iterator[tuple[list[str], int]]:
         raise FileNotFoundError(
             f"ListOps file {path} not found. " + missing_data_help(path.parent)
         )
-    with open(path, encoding="utf-8") as f:
+    with naming_decode_errors(path), open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n")
         if header != HEADER:
             raise ValueError(f"{path}:1: expected the header {HEADER!r}, got {header[:50]!r}")

@@ -11,8 +11,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from src.data.base_datamodule import SplitArrays, TokenDataModule
 from src.data.lra.listops import NUM_CLASSES, check_tokenization, encode_split, get_vocab, missing_data_help
 from src.data.lra.listops_generator import SPLITS, generate_listops, split_filename
+from src.data.preparation import exclusive_lock, write_text_atomic
 
 GENERATION_RECORD = "generation.json"
+GENERATION_LOCK = ".generate.lock"
 GENERATION_KEYS = ("num_train", "num_val", "num_test", "min_tree_length", "max_tree_length",
                    "max_depth", "max_args", "seed")
 
@@ -85,30 +87,60 @@ class ListOpsDataModule(TokenDataModule):
         return encode_split(self.split_path(split), self.tokenization)
 
     def prepare_sources(self) -> None:
-        """Check the TSVs exist; generate all three if none exist and generation is allowed."""
-        paths = {split: self.split_path(split) for split in SPLITS}
-        present = [p for p in paths.values() if p.is_file()]
-        if len(present) == len(paths):
+        """Check the TSVs exist; generate all three if none exist and generation is allowed.
+
+        Generation runs once under a lock in ``data_dir``: processes started together wait,
+        then find the files and use them (see ``src.data.preparation``).
+        """
+        if self._present() == len(SPLITS):
             self._check_generation_record()
             return
-        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if not self.generate_if_missing:
+            self._raise_missing()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.data_dir / GENERATION_LOCK, f"generating ListOps data in {self.data_dir}"):
+            present = self._present()
+            if present == len(SPLITS):  # another process generated them while we waited
+                self._check_generation_record()
+                return
+            if present and not self._interrupted_generation():
+                self._raise_missing()
+            self._generate()
+
+    def _present(self) -> int:
+        return sum(self.split_path(split).is_file() for split in SPLITS)
+
+    def _interrupted_generation(self) -> bool:
+        """Some splits are missing but our record says we generated them with these options:
+        a generator was killed while renaming its files into place; generating again is safe."""
+        record = self.data_dir / GENERATION_RECORD
+        return record.is_file() and self._read_generation_record() == self._generation_options()
+
+    def _raise_missing(self) -> None:
+        paths = [self.split_path(split) for split in SPLITS]
+        missing = ", ".join(str(p) for p in paths if not p.is_file())
+        present = ", ".join(str(p) for p in paths if p.is_file())
         if present:
             raise FileNotFoundError(
-                f"ListOps data in {self.data_dir} is incomplete: missing {', '.join(missing)} "
-                f"but found {', '.join(str(p) for p in present)}. Add the missing files from the "
+                f"ListOps data in {self.data_dir} is incomplete: missing {missing} "
+                f"but found {present}. Add the missing files from the "
                 "same source, or delete the others so that all three are generated together "
                 "(splits must be distinct from each other). " + missing_data_help(self.data_dir)
             )
-        if not self.generate_if_missing:
-            raise FileNotFoundError(
-                f"ListOps data not found in {self.data_dir} (missing {', '.join(missing)}) and "
-                "generate_if_missing=False. " + missing_data_help(self.data_dir)
-            )
+        raise FileNotFoundError(
+            f"ListOps data not found in {self.data_dir} (missing {missing}) and "
+            "generate_if_missing=False. " + missing_data_help(self.data_dir)
+        )
+
+    def _generate(self) -> None:
+        """Write the generation record, then the splits (record first: see ``_interrupted_generation``)."""
         hp = self.hparams
         rank_zero_info(
             f"ListOps data not found in {self.data_dir}; generating "
             f"{hp.num_train}/{hp.num_val}/{hp.num_test} train/val/test examples (seed {hp.seed})"
         )
+        options = json.dumps(self._generation_options(), indent=2, sort_keys=True) + "\n"
+        write_text_atomic(self.data_dir / GENERATION_RECORD, options)
         generate_listops(
             self.data_dir,
             num_train=hp.num_train,
@@ -119,9 +151,8 @@ class ListOpsDataModule(TokenDataModule):
             max_depth=hp.max_depth,
             max_args=hp.max_args,
             seed=hp.seed,
+            overwrite=False,  # matters only where the lock is unsupported: see generate_listops
         )
-        record = self.data_dir / GENERATION_RECORD
-        record.write_text(json.dumps(self._generation_options(), indent=2, sort_keys=True) + "\n")
         rank_zero_warn(
             f"Generated ListOps data with src.data.lra.listops_generator into {self.data_dir}: "
             f"{hp.num_train} train, {hp.num_val} val, {hp.num_test} test examples "
@@ -132,17 +163,23 @@ class ListOpsDataModule(TokenDataModule):
     def _generation_options(self) -> dict[str, int]:
         return {key: int(self.hparams[key]) for key in GENERATION_KEYS}
 
-    def _check_generation_record(self) -> None:
-        """Data we generated earlier with other options must not be reused silently."""
+    def _read_generation_record(self) -> dict[str, Any]:
         record = self.data_dir / GENERATION_RECORD
-        if not record.is_file():
-            return  # official or hand-made files: nothing to compare
         try:
-            recorded = json.loads(record.read_text())
-        except json.JSONDecodeError as error:
+            recorded = json.loads(record.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(
                 f"{record} is not valid JSON ({error}); delete it or the whole folder"
             ) from error
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{record} does not hold an object of options; delete it or the whole folder")
+        return recorded
+
+    def _check_generation_record(self) -> None:
+        """Data we generated earlier with other options must not be reused silently."""
+        if not (self.data_dir / GENERATION_RECORD).is_file():
+            return  # official or hand-made files: nothing to compare
+        recorded = self._read_generation_record()
         wanted = self._generation_options()
         differing = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
         if differing:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from src.data.preparation import remove_stale_staging, staging_path
+
 OPERATORS: tuple[str, ...] = ("MIN", "MAX", "MED", "SM")
 OPERATOR_TOKENS: dict[str, str] = {op: "[" + op for op in OPERATORS}
 END_TOKEN = "]"
@@ -198,13 +200,18 @@ def generate_listops(
     value_prob: float = 0.75,
     length_unit: str = "lra",
     progress: bool = True,
+    overwrite: bool = True,
     max_tries: int | None = None,
 ) -> dict[str, Path]:
     """Write ``basic_{train,val,test}.tsv`` (header ``Source\\tTarget``) into ``out_dir``.
 
     Deterministic given the arguments: the same seed gives byte-identical files. The files are
-    written under temporary names and renamed at the end, so an interrupted run leaves no
-    partial split behind. Returns the path of each split.
+    written under names private to this process (``basic_train.tsv.tmp-<host>-<pid>-<random>``)
+    and renamed at the end, so an interrupted run leaves no partial split behind and parallel
+    generators never touch each other's files; leftovers of killed generators are removed.
+    With ``overwrite=False`` a split that appeared meanwhile is kept (another generator with the
+    same arguments wrote the same bytes; keeping its file keeps its modification time, which
+    the DataModule's cache key includes). Returns the path of each split.
     """
     counts = (num_train, num_val, num_test)
     _check_args(counts, min_length, max_length, max_depth, max_args, value_prob, length_unit)
@@ -213,8 +220,9 @@ def generate_listops(
         max_tries = 1000 * total + 100_000
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
     paths = {split: out / split_filename(split) for split in SPLITS}
-    tmp_paths = {split: path.with_name(path.name + ".tmp") for split, path in paths.items()}
+    tmp_paths = {split: staging_path(path) for split, path in paths.items()}
 
     sampler = _Sampler(
         random.Random(seed), max_depth, max_args, max_length, value_prob, length_unit
@@ -257,11 +265,24 @@ def generate_listops(
                     bar.update(1)
         # All three files are complete and closed: publish them under their real names.
         for split in SPLITS:
-            os.replace(tmp_paths[split], paths[split])
+            publish(tmp_paths[split], paths[split], overwrite)
     finally:
         for tmp in tmp_paths.values():
             tmp.unlink(missing_ok=True)
     return paths
+
+
+def publish(staged: Path, final: Path, overwrite: bool) -> None:
+    """Rename ``staged`` to ``final`` atomically; without ``overwrite`` an existing ``final`` wins."""
+    if overwrite:
+        os.replace(staged, final)
+        return
+    try:
+        os.link(staged, final)  # atomic, and fails instead of replacing
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links
+        os.replace(staged, final)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
 from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, value_tokens
+from src.data.text_decoding import naming_decode_errors
 
 DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
 LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
@@ -28,7 +29,7 @@ LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.g
 def read_metadata(path: Path) -> list[tuple[str, str, int]]:
     """``(folder, file name, label)`` of every line; ValueError naming file and line otherwise."""
     samples = []
-    with open(path, encoding="utf-8") as f:
+    with naming_decode_errors(path), open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:

@@ -28,7 +28,8 @@ def read_aan_tsv(path: Path) -> SplitArrays:
     """Both documents of every row as byte ids, and the labels.
 
     Raises ValueError naming the file and 1-based line for a wrong column count, a label
-    other than 0/1, or an empty document.
+    other than 0/1 or an empty document. Documents are raw bytes, as the task defines them
+    (any byte is a token), so nothing is decoded.
     """
     first, second = ByteSequences(), ByteSequences()
     labels: list[int] = []

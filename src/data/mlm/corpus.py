@@ -25,6 +25,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from src.data.text_decoding import naming_decode_errors
+
 BUILTIN = "builtin"
 DOCUMENT_MODES: tuple[str, ...] = ("blank_line", "line")
 _HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -76,7 +78,8 @@ def read_text_file(path: Path, documents: str = "blank_line") -> Iterator[str]:
     if documents not in DOCUMENT_MODES:
         raise ValueError(f"documents must be one of {DOCUMENT_MODES}, got {documents!r}")
     block: list[str] = []
-    with open(path, encoding="utf-8") as handle:
+    advice = "the MLM corpus must be UTF-8 text files (not binary data); convert the file or move it away"
+    with naming_decode_errors(path, advice=advice), open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if "\x00" in line:
                 raise ValueError(f"{path}:{number}: NUL byte; the MLM corpus must be UTF-8 text")

@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from src.data.base_datamodule import PaddingCollator, SplitArrays, TokenDataModule, fingerprint_files
 from src.data.mlm.corpus import DOCUMENT_MODES, corpus_files, document_split, iter_documents
+from src.data.preparation import exclusive_lock, remove_stale_staging, staging_path
 from src.data.tokenizer import KINDS, TextTokenizer, train_tokenizer
 
 IGNORE_INDEX = -100
@@ -152,6 +152,7 @@ class MLMDataModule(TokenDataModule):
     """
 
     fixed_arguments: ClassVar[tuple[str, ...]] = ("data_dir", "prepend_cls")
+    data_dir_is_folder: ClassVar[bool] = False  # data_dir is the corpus: a file, a folder or 'builtin'
 
     def __init__(
         self,
@@ -207,16 +208,23 @@ class MLMDataModule(TokenDataModule):
         }
         key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_dir / "tokenizers" / f"{hp.tokenizer_kind}-{hp.tokenizer_vocab_size}-{key}.json"
-        if path.is_file():
-            return TextTokenizer.from_file(path)
+        if not path.is_file():
+            with exclusive_lock(path.with_name(path.name + ".lock"), f"training the tokenizer {path}"):
+                if not path.is_file():  # another process may have trained it while we waited
+                    self._train_tokenizer_into(path)
+        return TextTokenizer.from_file(path)
+
+    def _train_tokenizer_into(self, path: Path) -> None:
+        hp = self.hparams
         rank_zero_info(f"Training a {hp.tokenizer_kind} tokenizer ({hp.tokenizer_vocab_size} tokens) on "
                        f"{self.corpus}; cached at {path}")
         trained = train_tokenizer(self._documents("train"), hp.tokenizer_kind, hp.tokenizer_vocab_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        trained.tokenizer.save(str(staging))
-        os.replace(staging, path)  # atomic: concurrent processes write the same file
-        return TextTokenizer.from_file(path)
+        staging = staging_path(path)
+        try:
+            trained.tokenizer.save(str(staging))
+            os.replace(staging, path)  # atomic
+        finally:
+            staging.unlink(missing_ok=True)
 
     # -- the contract --------------------------------------------------------------------------
     @property
@@ -269,7 +277,7 @@ class MLMDataModule(TokenDataModule):
 
     def _staging_dir(self) -> Path:
         if self._scratch is None:
-            self._scratch = self.cache_dir / "mlm-staging" / f"{self.cache_key()}-{os.getpid()}"
+            self._scratch = staging_path(self.cache_dir / "mlm-staging" / self.cache_key())
         return self._scratch
 
     def build_split(self, split: str) -> SplitArrays:
@@ -296,6 +304,7 @@ class MLMDataModule(TokenDataModule):
         return {"input_ids": ids, "input_ids_offsets": offsets}
 
     def prepare_data(self) -> None:
+        remove_stale_staging(self.cache_dir / "mlm-staging")  # scratch of killed preprocessing
         try:
             super().prepare_data()
         finally:
@@ -304,16 +313,6 @@ class MLMDataModule(TokenDataModule):
                 self._scratch = None
 
     # -- loaders -------------------------------------------------------------------------------
-    def collator(self, fixed: bool = False) -> MLMCollator:  # type: ignore[override]
-        return MLMCollator(self.tokenizer, self.max_length, self.mlm_probability, fixed=fixed)
-
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=self.collator(fixed=split != "train"),
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+    def collator(self, split: str = "train") -> MLMCollator:  # type: ignore[override]
+        """Fresh random masks for training; fixed ones elsewhere, so evaluation is comparable."""
+        return MLMCollator(self.tokenizer, self.max_length, self.mlm_probability, fixed=split != "train")

@@ -122,11 +122,11 @@ def test_evaluation_masks_are_fixed_training_masks_are_not(corpus):
     data.prepare_data()
     data.setup("fit")
     val = [data.dataset("val")[i] for i in range(4)]
-    fixed = data.collator(fixed=True)
+    fixed = data.collator("val")
     first, again = fixed(val), fixed(val)
     assert (torch.equal(first["input_ids"], again["input_ids"])
             and torch.equal(first["labels"], again["labels"]))
-    train = data.collator()
+    train = data.collator("train")
     torch.manual_seed(0)
     a = train(val)
     b = train(val)
