@@ -12,6 +12,7 @@ The function names and signatures are those of ``reference.py``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -129,8 +130,38 @@ def _(grad, value, mask, weight):
     return torch.empty_like(value), torch.empty_like(weight)
 
 
+# CUDA kernels that sum with float atomics (and place keys in buckets with integer atomics):
+# the summation order, hence the last bits, changes from run to run. The CPU kernels are
+# deterministic (fixed task order, bit-identical for any thread count).
+NONDETERMINISTIC_ON_CUDA = ("lsh_cumulation", "lsh_backward")
+
+
+def alert_not_deterministic(op: str) -> None:
+    """What ``at::Context::alertNotDeterministic`` does, for an op whose CUDA kernel uses atomics.
+
+    Under ``torch.use_deterministic_algorithms(True)`` it is an error naming the op and the
+    ways out; with ``warn_only=True`` a warning. (torch 2.13 does not expose the C++ alert to
+    Python, so the check sits in the op's CUDA kernel, before the extension is called.)
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        f"yoso::{op} on CUDA sums with float atomics and has no deterministic implementation, but "
+        "torch.use_deterministic_algorithms(True) is set. Run on the CPU (deterministic kernels), "
+        "or allow it with torch.use_deterministic_algorithms(True, warn_only=True)."
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return
+    raise RuntimeError(message)
+
+
 def _kernel(device_type: str, name: str) -> Callable:
+    alerts = device_type == "cuda" and name in NONDETERMINISTIC_ON_CUDA
+
     def run(*args):
+        if alerts:
+            alert_not_deterministic(name)
         return getattr(build.extension(device_type), name)(*args)
 
     run.__name__ = f"{name}_{device_type}"

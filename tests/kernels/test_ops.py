@@ -428,3 +428,46 @@ def test_backend_names_and_devices_are_checked(monkeypatch):
     # A CPU tensor handed to the CUDA kernels is refused, never silently run on CPU.
     with pytest.raises(ValueError, match="runs on cuda tensors"):
         yoso_attention(q, q, q, backend="cuda", hash_code_len=4)
+
+
+# --------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("name", ops.NONDETERMINISTIC_ON_CUDA)
+def test_cuda_kernels_with_float_atomics_declare_themselves_nondeterministic(name, monkeypatch):
+    """``use_deterministic_algorithms(True)`` is an error naming the op (a warning with warn_only);
+    checked before the extension is touched, so it runs without a GPU."""
+    def no_build(device_type):
+        raise AssertionError("the extension must not be reached")
+
+    monkeypatch.setattr(build, "extension", no_build)
+    kernel = ops._kernel("cuda", name)
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match=rf"yoso::{name} on CUDA .* no deterministic implementation"):
+            kernel()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match=rf"yoso::{name}"), pytest.raises(AssertionError):
+            kernel()
+        torch.use_deterministic_algorithms(False)
+        with pytest.raises(AssertionError):  # no alert: straight to the extension
+            kernel()
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    assert not any(n in ops.NONDETERMINISTIC_ON_CUDA for n in ("hash_gaussian", "hash_fast"))
+
+
+def test_cpu_kernels_never_alert_under_deterministic_algorithms():
+    extension = compiled_extension("cpu")
+    g = generator(5)
+    qm = torch.ones(2, 30, dtype=torch.bool)
+    qc = torch.randint(0, 16, (2, 30, 3), generator=g, dtype=torch.int32)
+    value = torch.randn(2, 30, 4, generator=g)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        first = ops.lsh_cumulation(qm, qc, qm, qc, value, 4)
+        second = ops.lsh_cumulation(qm, qc, qm, qc, value, 4)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert extension is not None and torch.equal(first, second)
