@@ -14,16 +14,21 @@ from torchmetrics.text import Perplexity
 from src.data.mlm.mlm_datamodule import IGNORE_INDEX
 from src.data.tokenizer import store_tokenizer
 from src.models.base_module import TaskModule
-from src.models.components.encoder import TransformerEncoder
+from src.models.components.encoder import TransformerEncoder, make_activation
 
 
 class LMHead(nn.Module):
-    """Linear -> GELU -> LayerNorm, then scores against the token embedding matrix (tied) plus a bias."""
+    """Linear -> GELU -> LayerNorm, then scores against the token embedding matrix (tied) plus a bias.
 
-    def __init__(self, embedding: nn.Embedding) -> None:
+    ``norm_eps`` and ``activation`` follow the encoder's (``MaskedLanguageModel`` passes them),
+    so a model with BERT's / ``transformers``' LayerNorm epsilon is held exactly.
+    """
+
+    def __init__(self, embedding: nn.Embedding, norm_eps: float = 1e-5, activation: str = "gelu") -> None:
         super().__init__()
         vocab_size, dim = embedding.weight.shape
-        self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.transform = nn.Sequential(nn.Linear(dim, dim), make_activation(activation),
+                                       nn.LayerNorm(dim, eps=norm_eps))
         self.embedding = embedding  # shared, not copied: the decoder is the input embedding
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
@@ -54,7 +59,8 @@ class MaskedLanguageModel(TaskModule):
     def __init__(self, encoder: TransformerEncoder, **kwargs: Any) -> None:
         self.vocab_size = encoder.token_embedding.num_embeddings
         super().__init__(encoder, **kwargs)
-        self.lm_head = LMHead(encoder.token_embedding)
+        self.lm_head = LMHead(encoder.token_embedding, getattr(encoder, "layer_norm_eps", 1e-5),
+                              getattr(encoder, "activation", "gelu"))
 
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({

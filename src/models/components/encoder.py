@@ -8,7 +8,10 @@ pairs), then ``depth`` layers of
     x = x + Dropout(FFN(LN(x)))        FFN = Linear -> GELU -> Dropout -> Linear
 
 (pre-LayerNorm, as in the LRA code the YOSO paper used; ``norm_first=False``
-gives the post-LN BERT layout), and a final LayerNorm. The attention is a
+gives the post-LN BERT layout), and a final LayerNorm. The options ``embedding_norm``,
+``position_offset``, ``layer_norm_eps`` and ``activation`` (defaults: off / 0 / 1e-5 /
+GELU) exist so that a RoBERTa-style model, e.g. the authors' ``transformers`` YOSO
+(``src.interop.hf_yoso``), is held exactly. The attention is a
 factory called as ``attention(num_heads, head_dim)`` once per layer: a class
 from ``src.models.components`` (or any user class with that constructor head),
 usually given by a config as ``class_path`` + ``init_args``.
@@ -23,6 +26,19 @@ from torch import nn
 
 AttentionFactory = Callable[[int, int], nn.Module]
 """Builds one layer's attention from ``(num_heads, head_dim)``; ``forward(q, k, v, mask)``."""
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,  # exact (erf) GELU: BERT's and transformers' "gelu"
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # transformers' "gelu_new" / "gelu_pytorch_tanh"
+    "relu": nn.ReLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """The FFN's (and the LM head's) activation by name; an unknown name lists the known ones."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -62,15 +78,17 @@ class EncoderLayer(nn.Module):
         dropout: float,
         attention: AttentionFactory,
         norm_first: bool,
+        layer_norm_eps: float = 1e-5,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.attention_norm = nn.LayerNorm(dim)
+        self.attention_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.attention = MultiHeadSelfAttention(dim, num_heads, head_dim, attention)
-        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim),
-            nn.GELU(),
+            make_activation(activation),
             nn.Dropout(dropout),
             nn.Linear(ffn_dim, dim),
         )
@@ -104,6 +122,12 @@ class TransformerEncoder(nn.Module):
         num_segments: > 0 adds segment embeddings (sentence pairs).
         norm_first: pre-LN layers (LRA) or post-LN (BERT).
         padding_id: token id of padding (its embedding stays zero).
+        embedding_norm: a LayerNorm on the summed embeddings, before dropout (RoBERTa,
+            ``transformers``' YOSO); off by default.
+        position_offset: position ``i`` reads row ``i + position_offset`` of a table of
+            ``max_length + position_offset`` rows (RoBERTa / ``transformers``' YOSO: 2).
+        layer_norm_eps: epsilon of every LayerNorm (``transformers``' YOSO: 1e-12).
+        activation: the FFN's activation, a key of ``ACTIVATIONS`` (exact ``"gelu"`` by default).
     """
 
     def __init__(
@@ -120,22 +144,35 @@ class TransformerEncoder(nn.Module):
         num_segments: int = 0,
         norm_first: bool = True,
         padding_id: int = 0,
+        embedding_norm: bool = False,
+        position_offset: int = 0,
+        layer_norm_eps: float = 1e-5,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
+        if position_offset < 0:
+            raise ValueError(f"position_offset must be >= 0, got {position_offset}")
+        make_activation(activation)  # an unknown name fails here, once
         self.max_length = max_length
         self.dim = dim
+        self.position_offset = position_offset
+        self.layer_norm_eps = layer_norm_eps
+        self.activation = activation
         self.token_embedding = nn.Embedding(vocab_size, dim, padding_idx=padding_id)
-        self.position_embedding = nn.Embedding(max_length, dim)
+        self.position_embedding = nn.Embedding(max_length + position_offset, dim)
         self.segment_embedding = nn.Embedding(num_segments, dim) if num_segments > 0 else None
+        # Created only when asked for: existing models keep their parameters, in their order.
+        self.embedding_norm = nn.LayerNorm(dim, eps=layer_norm_eps) if embedding_norm else None
         self.embedding_dropout = nn.Dropout(dropout)
         if not callable(attention):
             raise TypeError(f"attention must be a class or factory called as attention(num_heads, head_dim), "
                             f"got {attention!r}")
         self.layers = nn.ModuleList(
-            EncoderLayer(dim, num_heads, head_dim, ffn_dim, dropout, attention, norm_first)
+            EncoderLayer(dim, num_heads, head_dim, ffn_dim, dropout, attention, norm_first,
+                         layer_norm_eps, activation)
             for _ in range(depth)
         )
-        self.final_norm = nn.LayerNorm(dim) if norm_first else nn.Identity()
+        self.final_norm = nn.LayerNorm(dim, eps=layer_norm_eps) if norm_first else nn.Identity()
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         with torch.no_grad():  # normal_ overwrote the padding row that nn.Embedding zeroed
@@ -162,8 +199,11 @@ class TransformerEncoder(nn.Module):
             x = x + self.segment_embedding(segment_ids)
         elif segment_ids is not None:
             raise ValueError("segment_ids given but the encoder has num_segments=0")
-        positions = torch.arange(x.shape[1], device=input_ids.device)
-        x = self.embedding_dropout(x + self.position_embedding(positions))
+        positions = torch.arange(x.shape[1], device=input_ids.device) + self.position_offset
+        x = x + self.position_embedding(positions)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
+        x = self.embedding_dropout(x)
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x)
