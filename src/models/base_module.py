@@ -33,7 +33,7 @@ from src.checkpoints import (
     reopen_unfinished_epoch,
     state_mismatches,
 )
-from src.models.components.encoder import TransformerEncoder
+from src.models.components.encoder import TransformerEncoder, repeat_position_rows
 from src.models.schedules import (
     is_warmup_then_decay,
     scheduled_steps,
@@ -60,6 +60,9 @@ class TaskModule(pl.LightningModule):
         schedule: ``"linear"`` decay to 0, ``"cosine"`` or ``"constant"``.
         init_from: a checkpoint of another run whose ``encoder.*`` weights start this one
             (e.g. MLM pre-training -> GLUE); ignored when resuming with ``--ckpt_path``.
+        extend_positions_to: with ``init_from``, the encoder's ``max_length`` when it is longer
+            than the checkpoint's: its learned position table is grown by repeating the trained
+            rows (the first rows unchanged), e.g. an MLM run at 512 continued at 4096.
     """
 
     monitor: ClassVar[tuple[str, str]] = ("val/acc", "max")
@@ -77,6 +80,7 @@ class TaskModule(pl.LightningModule):
         warmup_steps: int = 1000,
         schedule: str = "linear",
         init_from: str | None = None,
+        extend_positions_to: int | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -87,6 +91,13 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if init_from is not None and not Path(init_from).is_file():
             raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist")
+        if extend_positions_to is not None:
+            if init_from is None:
+                raise ValueError("extend_positions_to grows the position table of init_from's encoder: "
+                                 "set model.init_args.init_from too")
+            if extend_positions_to != encoder.max_length:
+                raise ValueError(f"extend_positions_to={extend_positions_to} but the encoder's max_length is "
+                                 f"{encoder.max_length}: set data.init_args.max_length {extend_positions_to}")
         # Under train.py the encoder is stored as its config (class_path + init_args),
         # so load_from_checkpoint rebuilds the whole model from the checkpoint alone.
         self.save_hyperparameters()
@@ -221,7 +232,8 @@ class TaskModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Load ``init_from`` before fitting, unless a resumed checkpoint will overwrite it anyway."""
         if stage == "fit" and self.hparams.init_from and not self.trainer.ckpt_path:
-            load_encoder_weights(self.encoder, self.hparams.init_from, model_identity(self))
+            load_encoder_weights(self.encoder, self.hparams.init_from, model_identity(self),
+                                 extend_positions=self.hparams.extend_positions_to is not None)
 
 
 def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, int | float | str | bool]:
@@ -236,7 +248,7 @@ def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, in
 
 
 def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
-                         identity: Mapping[str, Any] | None = None) -> None:
+                         identity: Mapping[str, Any] | None = None, extend_positions: bool = False) -> None:
     """Copy the ``encoder.*`` tensors of a Lightning checkpoint into ``encoder``.
 
     Loaded with ``weights_only=True`` (no code runs). Any missing, unexpected or
@@ -245,6 +257,8 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
     attention class or shape is warned about (both named): its weights may fit, but they
     were trained for another computation. The task module is not compared: starting
     another task from a pre-trained encoder (MLM -> GLUE) is what ``init_from`` is for.
+    ``extend_positions``: a shorter learned position table is grown to the encoder's
+    (``repeat_position_rows``) instead of being a shape error.
     """
     path = Path(checkpoint_path)
     checkpoint, state = read_state_dict(path)
@@ -256,6 +270,8 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path} holds no 'encoder.*' weights (keys start with: {sorted(state)[:5]})")
+    if extend_positions:
+        weights = _grown_positions(encoder, weights, path)
     problems = state_mismatches(encoder.state_dict(), weights)
     if problems:
         raise ValueError(
@@ -263,3 +279,22 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
             "build the encoder with the same dim/depth/heads/vocabulary as the run that saved it"
         )
     encoder.load_state_dict(weights)
+
+
+def _grown_positions(
+    encoder: nn.Module, weights: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """``weights`` with its position table grown to the encoder's length (a longer one is an error)."""
+    key = "position_embedding.weight"
+    offset = getattr(encoder, "position_offset", 0)
+    saved = weights.get(key)
+    if saved is None:
+        raise ValueError(f"{path} has no learned position table ({key}) to extend")
+    length = encoder.position_embedding.num_embeddings - offset
+    if saved.shape[0] - offset >= length:
+        raise ValueError(f"{path} already holds {saved.shape[0] - offset} positions; extend_positions_to "
+                         f"{length} would not grow it: drop extend_positions_to")
+    rank_zero_info(f"init_from {path}: position table grown from {saved.shape[0] - offset} to {length} "
+                   "positions by repeating the trained rows")
+    return {**weights, key: repeat_position_rows(saved, length, offset)}
+

@@ -207,3 +207,19 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x)
+
+
+def repeat_position_rows(table: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:
+    """A learned position table grown to ``length`` positions by repeating its trained rows.
+
+    The copy initialisation that took 512-position encoders to 4096 (Longformer): row
+    ``offset + i`` of the result is trained row ``offset + i % trained``, so the first rows
+    are unchanged and every new row starts from a position the model already knows. The
+    ``offset`` rows before position 0 (``transformers``' padding offset) are kept as they are.
+    """
+    trained = table.shape[0] - offset
+    if trained < 1 or length < trained:
+        raise ValueError(f"cannot grow a table of {trained} positions to {length}")
+    rows = torch.arange(length, device=table.device) % trained + offset
+    return torch.cat([table[:offset], table[rows]])
+
