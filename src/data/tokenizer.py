@@ -113,6 +113,27 @@ class TextTokenizer:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
+class TokenizerVocabulary:
+    """The DataModule contract's vocabulary, read from ``self.tokenizer`` (GLUE and MLM share it).
+
+    Listed before ``TokenDataModule`` in a DataModule's bases, so these win over its defaults.
+    """
+
+    tokenizer: TextTokenizer
+
+    @property
+    def base_vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+
 def store_tokenizer(checkpoint: dict, datamodule: object) -> None:
     """Put the datamodule's tokenizer JSON into a checkpoint being saved (if the data has one)."""
     tokenizer_json = getattr(datamodule, "tokenizer_json", None)

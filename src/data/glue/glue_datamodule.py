@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
 from src.data.glue.tasks import GLUE_HELP, GlueTask, get_task, read_split
-from src.data.tokenizer import TextTokenizer
+from src.data.tokenizer import TextTokenizer, TokenizerVocabulary
 
 
-class GlueDataModule(TokenDataModule):
+class GlueDataModule(TokenizerVocabulary, TokenDataModule):
     """One GLUE task.
 
     Batches: ``input_ids``, ``attention_mask``, ``segment_ids`` [B, n]; ``labels`` [B] (class ids,
@@ -86,20 +86,8 @@ class GlueDataModule(TokenDataModule):
 
     # -- the contract --------------------------------------------------------------------------
     @property
-    def base_vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
     def cls_id(self) -> int:
         return self.tokenizer.cls_id
-
-    @property
-    def pad_id(self) -> int:  # type: ignore[override]
-        return self.tokenizer.pad_id
 
     @property
     def num_classes(self) -> int:

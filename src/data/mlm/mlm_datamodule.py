@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from src.data.base_datamodule import PaddingCollator, SplitArrays, TokenDataModule, fingerprint_files
 from src.data.mlm.corpus import DOCUMENT_MODES, corpus_files, document_split, iter_documents
 from src.data.preparation import exclusive_lock, remove_stale_staging, staging_path
-from src.data.tokenizer import KINDS, TextTokenizer, train_tokenizer
+from src.data.tokenizer import KINDS, TextTokenizer, TokenizerVocabulary, train_tokenizer
 
 IGNORE_INDEX = -100
 """Label of every position that is not a prediction target (cross-entropy's ignore_index)."""
@@ -130,7 +130,7 @@ class MLMCollator:
         return out
 
 
-class MLMDataModule(TokenDataModule):
+class MLMDataModule(TokenizerVocabulary, TokenDataModule):
     """Blocks of a text corpus for masked-LM pre-training.
 
     Batches: ``input_ids`` LongTensor[B, n] (masked), ``attention_mask`` BoolTensor[B, n],
@@ -227,18 +227,6 @@ class MLMDataModule(TokenDataModule):
             staging.unlink(missing_ok=True)
 
     # -- the contract --------------------------------------------------------------------------
-    @property
-    def base_vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def pad_id(self) -> int:  # type: ignore[override]
-        return self.tokenizer.pad_id
-
     @property
     def num_classes(self) -> None:
         return None
