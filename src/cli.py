@@ -52,7 +52,7 @@ ENCODER = "model.init_args.encoder.init_args"
 DATA_LINKS: tuple[tuple[str, str], ...] = (
     # (DataModule attribute, model argument it sets); a None value means "not used by this task"
     ("vocab_size", f"{ENCODER}.vocab_size"),
-    ("max_length", f"{ENCODER}.max_length"),
+    ("encoder_length", f"{ENCODER}.max_length"),  # max_length, or the LRA harness's fixed pad_to
     ("pad_id", f"{ENCODER}.padding_id"),
     ("num_classes", "model.init_args.num_classes"),
     ("pooling", "model.init_args.pooling"),

@@ -7,7 +7,7 @@ bar and keyed by a hash of the source files and the preprocessing options, a
 token dataset, a padding collator that prepends [CLS] where the task asks for
 one, truncation counted in a warning, and the loaders.
 
-The model is linked (by ``train.py``) from ``vocab_size``, ``max_length``,
+The model is linked (by ``train.py``) from ``vocab_size``, ``encoder_length``,
 ``pad_id``, ``num_classes`` and ``cls_id`` (pooling is ``cls`` exactly when a
 CLS id is prepended), so configs never state them twice.
 """
@@ -119,16 +119,24 @@ class PaddingCollator:
     when ``cls_id`` is set, the [CLS] id in front (it counts towards ``max_length``). Other
     sequence fields (e.g. ``segment_ids``) are padded with 0 and shifted the same way.
     Scalar fields become tensors (``labels``: int64 for integer data, float32 for scores).
+    ``pad_to``: every batch is padded to this fixed length instead (the LRA harness's arrays).
+    ``mask_pad_valued``: a token whose id equals ``pad_id`` is masked wherever it stands (the
+    harness's ``mask = ids != 0``, which also hides black pixels of raw pixel tokens).
     """
 
     def __init__(self, max_length: int, pad_id: int = 0, cls_id: int | None = None,
-                 sequence_fields: Sequence[str] = ("input_ids",)) -> None:
+                 sequence_fields: Sequence[str] = ("input_ids",), pad_to: int | None = None,
+                 mask_pad_valued: bool = False) -> None:
         if max_length < 1 + int(cls_id is not None):
             raise ValueError(f"max_length {max_length} leaves no room for a token")
+        if pad_to is not None and pad_to < max_length:
+            raise ValueError(f"pad_to={pad_to} is shorter than max_length={max_length}")
         self.max_length = max_length
         self.pad_id = pad_id
         self.cls_id = cls_id
         self.sequence_fields = tuple(sequence_fields)
+        self.pad_to = pad_to
+        self.mask_pad_valued = mask_pad_valued
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -137,16 +145,17 @@ class PaddingCollator:
         for field in self.sequence_fields:
             is_ids = field.startswith("input_ids")
             lengths = np.array([min(len(item[field]), room) for item in batch], dtype=np.int64)
-            width = int(lengths.max(initial=0)) + lead
+            width = self.pad_to or int(lengths.max(initial=0)) + lead
             padded = np.full((len(batch), width), self.pad_id if is_ids else 0, dtype=np.int64)
             for row, (item, n) in enumerate(zip(batch, lengths)):
                 padded[row, lead : lead + n] = item[field][:n]
             if is_ids:
                 if lead:
                     padded[:, 0] = self.cls_id
-                out[mask_name(field)] = torch.from_numpy(
-                    np.arange(width)[None, :] < (lengths + lead)[:, None]
-                )
+                mask = np.arange(width)[None, :] < (lengths + lead)[:, None]
+                if self.mask_pad_valued:
+                    mask &= padded != self.pad_id
+                out[mask_name(field)] = torch.from_numpy(mask)
             out[field] = torch.from_numpy(padded)
         for key in batch[0]:
             if key in self.sequence_fields:
@@ -253,6 +262,11 @@ class TokenDataModule(pl.LightningDataModule):
     def vocab_size(self) -> int:
         """Ids the embedding needs: the task's tokens, padding and [CLS] if prepended."""
         return self.base_vocab_size + int(self.prepend_cls)
+
+    @property
+    def encoder_length(self) -> int:
+        """The longest input the encoder sees (its ``max_length``): here ``max_length`` itself."""
+        return self.max_length
 
     @property
     def pooling(self) -> str:

@@ -35,11 +35,12 @@ from src.checkpoints import (
 )
 from src.models.components.encoder import TransformerEncoder, repeat_position_rows
 from src.models.schedules import (
-    is_warmup_then_decay,
+    SCHEDULES,
+    build_schedule,
+    is_stretchable,
     scheduled_steps,
     stretch,
     upgrade_state,
-    warmup_then_decay,
 )
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -55,9 +56,11 @@ class TaskModule(pl.LightningModule):
     Args:
         encoder: the shared ``TransformerEncoder`` (a config gives its class and arguments).
         optimizer: ``"adam"`` or ``"adamw"``.
-        learning_rate, weight_decay: optimizer settings (paper: Adam 1e-4, no decay).
+        learning_rate, weight_decay: optimizer settings (paper: 1e-4, no decay).
+        adam_eps: the optimizer's epsilon (torch's default 1e-8; the LRA harness: 1e-6).
         warmup_steps: linear warm-up steps; then ``schedule`` until ``trainer.max_steps``.
-        schedule: ``"linear"`` decay to 0, ``"cosine"`` or ``"constant"``.
+        schedule: ``"linear"`` decay to 0, ``"cosine"``, ``"constant"`` (after the warm-up), or
+            ``"onecycle"``: ``OneCycleLR`` as the LRA harness ran it (``src.models.schedules``).
         init_from: a checkpoint of another run whose ``encoder.*`` weights start this one
             (e.g. MLM pre-training -> GLUE); ignored when resuming with ``--ckpt_path``.
         extend_positions_to: with ``init_from``, the encoder's ``max_length`` when it is longer
@@ -77,6 +80,7 @@ class TaskModule(pl.LightningModule):
         optimizer: str = "adam",
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
         warmup_steps: int = 1000,
         schedule: str = "linear",
         init_from: str | None = None,
@@ -89,6 +93,10 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if not adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {adam_eps}")
         if init_from is not None and not Path(init_from).is_file():
             raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist")
         if extend_positions_to is not None:
@@ -184,9 +192,9 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = OPTIMIZERS[hp.optimizer](
-            self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
+            self.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay, eps=hp.get("adam_eps", 1e-8)
         )
-        scheduler = warmup_then_decay(optimizer, hp.warmup_steps, self.schedule_length(), hp.schedule)
+        scheduler = build_schedule(optimizer, hp.schedule, hp.warmup_steps, self.schedule_length())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def schedule_length(self) -> int:
@@ -203,7 +211,7 @@ class TaskModule(pl.LightningModule):
         """
         saved, total = self._saved_schedule_steps, self.schedule_length()
         rates = [stretch(config.scheduler, total) for config in self.trainer.lr_scheduler_configs
-                 if is_warmup_then_decay(config.scheduler)]
+                 if is_stretchable(config.scheduler)]
         if rates and saved != total:
             step = self.trainer.global_step
             rank_zero_info(

@@ -20,7 +20,8 @@ class SequenceClassifier(TaskModule):
     Args:
         encoder: the shared ``TransformerEncoder``.
         num_classes: number of labels (linked from the DataModule by ``train.py``).
-        pooling: ``"mean"`` over real tokens, or ``"cls"`` (position 0). Linked from the
+        pooling: ``"mean"`` over real tokens, ``"mean_padded"`` (their sum over the fixed padded
+            length: the LRA harness) or ``"cls"`` (position 0). Linked from the
             DataModule: ``cls`` exactly when the data prepends a [CLS] token.
         head_hidden: hidden width of the MLP head (default: 2 x encoder dim, the LRA FFN width).
         **kwargs: ``TaskModule``'s optimizer, schedule and ``init_from`` (stated there once).

@@ -115,8 +115,25 @@ def check_arrays(data: Any, labels: Any, source: str) -> tuple[np.ndarray, np.nd
     return data, labels.astype(np.int64)
 
 
-def to_grey(data: np.ndarray) -> np.ndarray:
-    """``[N, 3072]`` RGB rows -> ``[N, 1024]`` uint8 grey: 0.2989 R + 0.5870 G + 0.1140 B, rounded."""
+GREY_ROUNDINGS: tuple[str, ...] = ("tensorflow", "nearest")
+
+
+def to_grey(data: np.ndarray, rounding: str = "nearest") -> np.ndarray:
+    """``[N, 3072]`` RGB rows -> ``[N, 1024]`` uint8 grey from 0.2989 R + 0.5870 G + 0.1140 B.
+
+    ``nearest``: the weighted sum rounded to the nearest integer. ``tensorflow``: what
+    ``tf.image.rgb_to_grayscale`` on uint8 gives (the LRA pipeline the paper's harness ran):
+    the channels scaled to [0, 1] by 1/255 in float32, weighted, then multiplied by 255.5 and
+    truncated; it is often one below ``nearest``.
+    """
+    if rounding not in GREY_ROUNDINGS:
+        raise ValueError(f"grey rounding must be one of {GREY_ROUNDINGS}, got {rounding!r}")
+    if rounding == "tensorflow":
+        red, green, blue = (data[:, i * PIXELS : (i + 1) * PIXELS].astype(np.float32) * np.float32(1 / 255)
+                            for i in range(3))
+        r, g, b = (np.float32(w) for w in GREY_WEIGHTS)
+        grey = (r * red + g * green + b * blue) * np.float32(255.5)
+        return np.clip(grey, 0, 255).astype(np.uint8)  # the cast truncates, as tf.cast does
     red, green, blue = (data[:, i * PIXELS : (i + 1) * PIXELS].astype(np.float64) for i in range(3))
     r, g, b = GREY_WEIGHTS
     grey = np.floor(r * red + g * green + b * blue + 0.5)

@@ -3,7 +3,8 @@
 ``data_dir`` is the ``cifar-10-batches-py`` folder (``data_batch_1`` .. ``data_batch_5`` and
 ``test_batch``, read with a restricted unpickler) or an ``.npz`` file with the same arrays (see
 ``src.data.lra.cifar10``). The first 90 % of the training images train, the last 10 % validate
-(LRA's split), the test batch tests. Tokens are ``grey + 1`` (0 is padding).
+(LRA's split), the test batch tests. Tokens: ``pixel_tokens`` (``PixelDataModule``); grey values
+with the rounding ``grey_rounding`` names.
 """
 
 from __future__ import annotations
@@ -13,23 +14,34 @@ from typing import Any
 
 import numpy as np
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule
-from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, pack_rows
-from src.data.lra.cifar10 import CIFAR_URL, NPZ_KEYS, TEST_BATCH, TRAIN_BATCHES, load_batch, load_npz, to_grey
+from src.data.base_datamodule import SplitArrays
+from src.data.lra.cifar10 import (
+    CIFAR_URL,
+    GREY_ROUNDINGS,
+    NPZ_KEYS,
+    TEST_BATCH,
+    TRAIN_BATCHES,
+    load_batch,
+    load_npz,
+    to_grey,
+)
+from src.data.lra.lra_datamodule import PixelDataModule
 
 VAL_FRACTION = 0.1
 
 
-class ImageDataModule(TokenDataModule):
+class ImageDataModule(PixelDataModule):
     """CIFAR-10 grey-scale pixels (LRA max length 1024).
 
-    Batches: ``input_ids`` LongTensor[B, 1024], ``attention_mask`` (all true), ``labels``
-    LongTensor[B] (0-9).
+    Batches: ``input_ids`` LongTensor[B, 1024], ``attention_mask`` (all true, or the lit pixels
+    with ``pixel_tokens: raw``), ``labels`` LongTensor[B] (0-9).
 
     Args:
+        grey_rounding: ``tensorflow`` (``tf.image.rgb_to_grayscale``, the harness) or ``nearest``.
         data_dir: the ``cifar-10-batches-py`` folder, or an ``.npz`` file.
         max_length, batch_size: see ``TokenDataModule`` (here with the image task's defaults).
-        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
+        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``);
+            ``pad_to``, ``mean_over`` (see ``LRADataModule``).
     """
 
     def __init__(
@@ -37,13 +49,16 @@ class ImageDataModule(TokenDataModule):
         data_dir: str = "data/lra/cifar-10-batches-py",
         max_length: int = 1024,
         batch_size: int = 256,
+        grey_rounding: str = "nearest",
         **kwargs: Any,
     ) -> None:
+        if grey_rounding not in GREY_ROUNDINGS:
+            raise ValueError(f"grey_rounding must be one of {GREY_ROUNDINGS}, got {grey_rounding!r}")
         super().__init__(data_dir=data_dir, max_length=max_length, batch_size=batch_size, **kwargs)
+        self.grey_rounding = grey_rounding
 
-    @property
-    def base_vocab_size(self) -> int:
-        return VALUE_VOCAB_SIZE
+    def cache_options(self) -> dict[str, Any]:
+        return {"pixel_tokens": self.pixel_tokens, "grey_rounding": self.grey_rounding}
 
     @property
     def num_classes(self) -> int:
@@ -79,5 +94,7 @@ class ImageDataModule(TokenDataModule):
             first_val = len(data) - round(VAL_FRACTION * len(data))
             rows = slice(first_val, None) if split == "val" else slice(None, first_val)
             data, labels = data[rows], labels[rows]
-        ids, offsets = pack_rows(to_grey(data))
+        grey = to_grey(data, self.grey_rounding)
+        ids = self.pixel_ids(grey)
+        offsets = np.arange(len(grey) + 1, dtype=np.int64) * grey.shape[1]
         return {"input_ids": ids, "input_ids_offsets": offsets, "labels": labels}

@@ -3,12 +3,15 @@
 Files are ``basic_{train,val,test}.tsv`` with header ``Source\\tTarget`` (the LRA release,
 ``lra_release/listops-1000/``, or our generator ``src.data.lra.listops_generator``).
 
-Two tokenisations:
+Three tokenisations:
 
-* ``full``: every token (``[MAX [MIN [MED [SM ] ( )`` and digits); the tree is recoverable.
-* ``lra``: what the original LRA pipeline fed the model. Its tokenizer dropped every
-  non-alphanumeric token, so ``(``, ``)`` and ``]`` vanish and ``[MAX`` becomes ``MAX``
-  (a known quirk: the closing brackets, hence the tree structure, are lost).
+* ``lra``: what the 2020 LRA pipeline fed the model, and so what produced the published
+  numbers (the YOSO/Nystromformer harness). Its tokenizer dropped every non-alphanumeric
+  token, so ``(``, ``)`` and ``]`` vanish and ``[MAX`` becomes ``MAX`` (a known quirk: the
+  closing brackets, hence the tree structure, are lost).
+* ``lra_2021``: the Long Range Arena repository's fix of March 2021: ``]`` is kept as the
+  token ``X``, parentheses are still dropped; the tree is recoverable.
+* ``full``: every token (``[MAX [MIN [MED [SM ] ( )`` and digits).
 
 Id 0 is padding; the vocabulary is fixed per tokenisation, so ``vocab_size`` is known before
 any file is read.
@@ -25,7 +28,7 @@ from src.data.base_datamodule import pack_sequences
 from src.data.text_decoding import naming_decode_errors
 
 HEADER = "Source\tTarget"
-TOKENIZATIONS: tuple[str, ...] = ("full", "lra")
+TOKENIZATIONS: tuple[str, ...] = ("lra", "lra_2021", "full")
 NUM_CLASSES = 10
 PAD_ID = 0
 
@@ -34,32 +37,31 @@ _OPERATORS: tuple[str, ...] = ("[MAX", "[MIN", "[MED", "[SM")
 _BRACKETS: tuple[str, ...] = ("]", "(", ")")
 FULL_VOCAB: tuple[str, ...] = _OPERATORS + _BRACKETS + _DIGITS
 LRA_VOCAB: tuple[str, ...] = tuple(op[1:] for op in _OPERATORS) + _DIGITS
+LRA_2021_VOCAB: tuple[str, ...] = LRA_VOCAB + ("X",)  # "X" is the closing bracket
+_VOCABS: dict[str, tuple[str, ...]] = {"full": FULL_VOCAB, "lra": LRA_VOCAB, "lra_2021": LRA_2021_VOCAB}
 _VALID_TOKENS = frozenset(FULL_VOCAB)
 
 # Fast encoding: every multi-character token is replaced by one letter, then the string's bytes
 # are mapped to ids with bytes.translate (all in C; reading 96k long rows stays quick).
 _OP_CODES: dict[str, str] = {"[MAX": "A", "[MIN": "B", "[MED": "C", "[SM": "D"}
+_TOKEN_CODES: dict[str, str] = {**_OP_CODES, **{op[1:]: code for op, code in _OP_CODES.items()}, "X": "]"}
 
 
 def _translate_table(vocab: tuple[str, ...]) -> bytes:
     table = bytearray(256)
     for token_id, token in enumerate(vocab, start=1):
-        code = _OP_CODES.get(token) or _OP_CODES.get("[" + token) or token
-        table[ord(code)] = token_id
+        table[ord(_TOKEN_CODES.get(token, token))] = token_id
     return bytes(table)
 
 
-_TABLES: dict[str, bytes] = {
-    "full": _translate_table(FULL_VOCAB),
-    "lra": _translate_table(LRA_VOCAB),
-}
-_DELETE: dict[str, bytes] = {"full": b" ", "lra": b" ()]"}
+_TABLES: dict[str, bytes] = {name: _translate_table(vocab) for name, vocab in _VOCABS.items()}
+_DELETE: dict[str, bytes] = {"full": b" ", "lra": b" ()]", "lra_2021": b" ()"}
 
 
 def get_vocab(tokenization: str) -> tuple[str, ...]:
     """Tokens of a tokenisation; token ``vocab[i]`` has id ``i + 1`` (0 is padding)."""
     check_tokenization(tokenization)
-    return FULL_VOCAB if tokenization == "full" else LRA_VOCAB
+    return _VOCABS[tokenization]
 
 
 def encode_tokens(tokens: list[str], tokenization: str = "full") -> np.ndarray:

@@ -8,9 +8,10 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule
+from src.data.base_datamodule import SplitArrays
 from src.data.lra.listops import NUM_CLASSES, check_tokenization, encode_split, get_vocab, missing_data_help
 from src.data.lra.listops_generator import SPLITS, generate_listops, split_filename
+from src.data.lra.lra_datamodule import LRADataModule
 from src.data.preparation import exclusive_lock, write_text_atomic
 
 GENERATION_RECORD = "generation.json"
@@ -19,7 +20,7 @@ GENERATION_KEYS = ("num_train", "num_val", "num_test", "min_tree_length", "max_t
                    "max_depth", "max_args", "seed")
 
 
-class ListOpsDataModule(TokenDataModule):
+class ListOpsDataModule(LRADataModule):
     """LRA ListOps (10-way classification of an expression's value).
 
     Batches: ``input_ids`` LongTensor[B, n] (0 = padding), ``attention_mask`` BoolTensor[B, n]
@@ -29,12 +30,14 @@ class ListOpsDataModule(TokenDataModule):
     a folder generated with other options is never reused silently.
 
     Args:
-        tokenization: ``lra`` (the original pipeline, brackets dropped) or ``full``.
+        tokenization: ``lra`` (the 2020 pipeline the paper ran: brackets dropped; the configs'),
+            ``lra_2021`` (LRA's March 2021 fix: ``]`` kept as ``X``) or ``full`` (every token).
         generate_if_missing: generate the three splits when ``data_dir`` has none.
         num_train, num_val, num_test, min_tree_length, max_tree_length, max_depth, max_args,
             seed: generator options (see ``src.data.lra.listops_generator``).
         data_dir, max_length: see ``TokenDataModule`` (here with ListOps' defaults).
-        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``);
+            ``pad_to``, ``mean_over`` (see ``LRADataModule``).
     """
 
     def __init__(

@@ -5,7 +5,8 @@
 image per line, space separated, field 0 the image folder (``imgs/0``), field 1 the PNG name,
 field 3 the label 0/1. Images are decoded with Pillow; the release has some empty (and
 possibly broken) PNGs, which are skipped and counted in one warning. The readable images are
-split 80/10/10 into train/val/test after a seeded shuffle. Tokens are ``pixel + 1``.
+split 80/10/10 into train/val/test after a seeded shuffle. Tokens: ``pixel_tokens``
+(``PixelDataModule``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from tqdm.auto import tqdm
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
-from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, value_tokens
+from src.data.base_datamodule import SplitArrays, pack_sequences
+from src.data.lra.lra_datamodule import PixelDataModule
 from src.data.text_decoding import naming_decode_errors
 
 DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
@@ -56,7 +57,7 @@ def decode_png(path: Path) -> np.ndarray | None:
     return pixels.reshape(-1)
 
 
-class PathfinderDataModule(TokenDataModule):
+class PathfinderDataModule(PixelDataModule):
     """Pathfinder-32 at one difficulty (LRA max length 1024).
 
     Batches: ``input_ids`` LongTensor[B, 1024], ``attention_mask``, ``labels`` LongTensor[B].
@@ -66,7 +67,8 @@ class PathfinderDataModule(TokenDataModule):
             (the LRA task uses the hardest, ``curv_contour_length_14``).
         seed: seed of the shuffle before the 80/10/10 split.
         data_dir, max_length, batch_size: see ``TokenDataModule`` (here with Pathfinder's defaults).
-        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
+        **kwargs: ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``);
+            ``pad_to``, ``mean_over`` (see ``LRADataModule``).
     """
 
     def __init__(
@@ -87,10 +89,6 @@ class PathfinderDataModule(TokenDataModule):
         self._served: set[str] = set()
 
     @property
-    def base_vocab_size(self) -> int:
-        return VALUE_VOCAB_SIZE
-
-    @property
     def num_classes(self) -> int:
         return 2
 
@@ -99,7 +97,7 @@ class PathfinderDataModule(TokenDataModule):
         return self.data_dir / self.difficulty
 
     def cache_options(self) -> dict[str, Any]:
-        return {"difficulty": self.difficulty, "seed": self.seed}
+        return {"difficulty": self.difficulty, "seed": self.seed, "pixel_tokens": self.pixel_tokens}
 
     def metadata_files(self) -> list[Path]:
         return sorted((self.root / "metadata").glob("*.npy"))
@@ -155,7 +153,7 @@ class PathfinderDataModule(TokenDataModule):
             self._decoded = self.decode_all()  # decoded once for the three splits
         pixels, labels = self._decoded
         rows = np.sort(self.split_indices(len(pixels))[split])
-        ids, offsets = pack_sequences([value_tokens(pixels[i]) for i in rows], np.uint16)
+        ids, offsets = pack_sequences([self.pixel_ids(pixels[i]) for i in rows], np.uint16)
         self._served.add(split)
         if self._served >= set(self.splits):
             self._decoded, self._served = None, set()  # free the images once every split is built

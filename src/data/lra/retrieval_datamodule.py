@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule
+from src.data.base_datamodule import SplitArrays
 from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
+from src.data.lra.lra_datamodule import LRADataModule
 
 SPLIT_FILES: dict[str, str] = {
     "train": "new_aan_pairs.train.tsv",
@@ -64,7 +65,7 @@ def _label(text: bytes, where: str) -> int:
     return int(value)
 
 
-class RetrievalDataModule(TokenDataModule):
+class RetrievalDataModule(LRADataModule):
     """AAN citation pairs, byte level, 2 classes; each document truncated to ``max_length``.
 
     Batches: ``input_ids``/``attention_mask`` of the first document, ``input_ids_1``/
@@ -74,7 +75,8 @@ class RetrievalDataModule(TokenDataModule):
     Args:
         data_dir, max_length: see ``TokenDataModule`` (here with the AAN task's defaults);
             ``max_length`` and ``prepend_cls`` apply to each document.
-        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``);
+            ``pad_to``, ``mean_over`` (see ``LRADataModule``).
     """
 
     sequence_fields: ClassVar[tuple[str, ...]] = ("input_ids", "input_ids_1")

@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule
+from src.data.base_datamodule import SplitArrays
 from src.data.lra.byte_tokens import VALUE_VOCAB_SIZE, ByteSequences
+from src.data.lra.lra_datamodule import LRADataModule
 
 LABELS: dict[str, int] = {"neg": 0, "pos": 1}
 VAL_SOURCES: tuple[str, ...] = ("train", "test")
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 
 
-class TextDataModule(TokenDataModule):
+class TextDataModule(LRADataModule):
     """IMDB reviews, byte level, 2 classes (LRA max length 4000).
 
     Batches: ``input_ids`` LongTensor[B, n], ``attention_mask`` BoolTensor[B, n], ``labels``
@@ -37,7 +38,8 @@ class TextDataModule(TokenDataModule):
         val_fraction: share of the training reviews held out when ``val_source`` is ``train``.
         seed: seed of that hold-out.
         data_dir, max_length: see ``TokenDataModule`` (here with the IMDB task's defaults).
-        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``).
+        **kwargs: ``batch_size``, ``num_workers``, ``prepend_cls``, ``cache_dir`` (see ``TokenDataModule``);
+            ``pad_to``, ``mean_over`` (see ``LRADataModule``).
     """
 
     def __init__(

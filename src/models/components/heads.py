@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "mean_padded", "cls")
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -14,12 +14,23 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def padded_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The LRA harness's pooling: the masked outputs summed and divided by the padded length ``n``.
+
+    The data must be padded to a fixed length (``pad_to``), else the divisor changes with the batch.
+    """
+    return (hidden * mask.to(hidden.dtype).unsqueeze(-1)).sum(1) / hidden.shape[1]
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """``[B, n, dim] -> [B, dim]``: the [CLS] vector at position 0, or the mean of real tokens."""
+    """``[B, n, dim] -> [B, dim]``: the [CLS] vector at position 0, the mean of real tokens, or
+    their sum over the padded length (``mean_padded``, the LRA harness)."""
     if pooling == "cls":
         return hidden[:, 0]
     if pooling == "mean":
         return masked_mean(hidden, mask)
+    if pooling == "mean_padded":
+        return padded_mean(hidden, mask)
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
