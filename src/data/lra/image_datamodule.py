@@ -65,6 +65,11 @@ class ImageDataModule(PixelDataModule):
         return 10
 
     @property
+    def data_dir_is_folder(self) -> bool:  # type: ignore[override]
+        """An ``.npz`` file is a valid ``data_dir`` here (the base refuses files elsewhere)."""
+        return not self.from_npz
+
+    @property
     def from_npz(self) -> bool:
         return self.data_dir.suffix == ".npz"
 
