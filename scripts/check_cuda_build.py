@@ -24,13 +24,25 @@ Modes (several may be given; each is timed):
     to a small emulator that runs every block and thread, with a real barrier
     for ``__syncthreads``), compiled with g++ and called through ctypes. This
     checks the index arithmetic, tails, chunking and masks of the kernels
-    without a GPU; only the binding is not exercised. Needs g++ (C++20).
+    without a GPU; only the binding is not exercised (the Gaussian hash's GEMM is
+    mirrored with torch.bmm). Three runs: the plain build; a build whose grids
+    are capped at 2 blocks (every grid-stride loop runs several rounds); and
+    the ``asan`` run below. Every launch's dynamic shared memory is checked
+    against the limit its kernel opted in to. Needs g++ (C++20); the ASan run
+    is skipped, with a line saying so, where gcc has no libasan.
+
+``asan``
+    The emulation's checks on an AddressSanitizer build (``-fsanitize=address``,
+    run in a child process with libasan preloaded): any out-of-bounds read or
+    write of a tensor or of a block's shared memory fails. Part of ``emulate``;
+    alone, it fails where libasan is missing.
 
 Examples (from the repository root)::
 
     python scripts/check_cuda_build.py nvcc-only
     /tmp/cuda-venv/bin/python scripts/check_cuda_build.py link
     python scripts/check_cuda_build.py emulate
+    python scripts/check_cuda_build.py asan
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ CUDA_DIR = ROOT / "src" / "kernels" / "csrc" / "cuda"
 ARCHES = ("80", "90")
 EXTENSION_GLOB = "yoso_cuda_kernels*"
 LAUNCHERS = (
-    "yoso_hash_gaussian",
+    "yoso_pack_sign_bits",
     "yoso_hash_fast",
     "yoso_lsh_cumulation",
     "yoso_lsh_cumulation_workspace_bytes",
@@ -194,17 +206,36 @@ def _check_symbols(library: Path) -> None:
 
 
 # --------------------------------------------------------------------------- emulate
-def check_emulate() -> None:
+def _emulator():
     """The emulator lives with the tests (tests/kernels/cuda_emulator.py)."""
     sys.path.insert(0, str(ROOT))
     from tests.kernels import cuda_emulator
 
-    cuda_emulator.check_emulate()
+    return cuda_emulator
+
+
+def check_emulate() -> None:
+    emulator = _emulator()
+    emulator.check_emulate()
+    emulator.check_small_grid()
+    if emulator.has_sanitizer("asan"):
+        check_asan()
+    else:
+        print("asan: SKIPPED, gcc has no libasan (gcc -print-file-name=libasan.so)", flush=True)
+
+
+def check_asan() -> None:
+    emulator = _emulator()
+    if not emulator.has_sanitizer("asan"):
+        raise SystemExit("asan mode needs gcc's libasan (gcc -print-file-name=libasan.so)")
+    start = time.perf_counter()
+    emulator.check_asan()
+    print(f"asan: OK in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("modes", nargs="+", choices=("nvcc-only", "link", "emulate"))
+    parser.add_argument("modes", nargs="+", choices=("nvcc-only", "link", "emulate", "asan"))
     parser.add_argument("--verbose", action="store_true", help="show the extension build log")
     args = parser.parse_args()
     for mode in args.modes:
@@ -214,6 +245,8 @@ def main() -> None:
             check_nvcc_only()
         elif mode == "link":
             check_link(args.verbose)
+        elif mode == "asan":
+            check_asan()
         else:
             check_emulate()
         print(f"=== {mode}: OK in {time.perf_counter() - start:.1f} s ===", flush=True)

@@ -9,7 +9,12 @@ blocks one after the other (threads of a synchronising kernel as real threads
 around a barrier): fast, for results. The ThreadSanitizer build (``tsan=True``,
 run under ``LD_PRELOAD`` of libtsan, see ``run_under_tsan``) runs every thread
 of several far-apart blocks at once, so a missing atomic or barrier is a data
-race that TSan reports.
+race that TSan reports. The AddressSanitizer build (``asan=True``, run under
+``run_under_asan``) reports any out-of-bounds access to a tensor or to a block's
+shared memory, which the emulator allocates at exactly the requested size. A
+build with ``max_blocks`` caps every grid, so grid-stride loops run several
+rounds. Every launch's dynamic shared memory is checked against its kernel's
+opt-in (``cudaFuncSetAttribute``, default 48 KiB) and recorded (``launch_log``).
 
 Used by tests/kernels/test_cuda_emulation.py and ``scripts/check_cuda_build.py emulate``.
 """
@@ -27,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "src" / "kernels" / "csrc" / "cuda"
 LAUNCHERS = (
-    "yoso_hash_gaussian",
+    "yoso_pack_sign_bits",
     "yoso_hash_fast",
     "yoso_lsh_cumulation",
     "yoso_lsh_cumulation_workspace_bytes",
@@ -35,6 +40,9 @@ LAUNCHERS = (
     "yoso_lsh_backward_workspace_bytes",
 )
 TSAN_EXIT_CODE = 66
+ASAN_EXIT_CODE = 67
+# Grid cap of the small-grid build: every grid-stride loop of the checked sizes runs several rounds.
+SMALL_GRID_BLOCKS = 2
 
 
 EMU_HEADER = r"""
@@ -46,7 +54,9 @@ EMU_HEADER = r"""
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -63,13 +73,53 @@ struct dim3 {
 #define __device__
 #define __host__
 namespace emu {
+namespace {  // internal linkage: every emulation library loaded in a process keeps its own state
 inline thread_local dim3 thread_idx, block_idx;
 inline dim3 block_dim, grid_dim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local float* shared_mem = nullptr;
 inline cudaError_t last_error = cudaSuccess;
-inline size_t smem_limit = 48 * 1024;
+// Dynamic shared memory: 48 KiB per block unless the kernel opted in to more with
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+// at most the device's opt-in limit (an H100's 227 KiB).
+constexpr size_t kDefaultSmemLimit = 48 * 1024;
+constexpr int kDeviceSmemOptin = 227 * 1024;
+inline std::map<const void*, size_t> smem_optin;
+// Every launch, for the tests (name, grid, block, dynamic shared memory, status).
+struct LaunchRecord {
+  const char* name;
+  unsigned grid, block;
+  size_t smem;
+  int status;
+};
+inline std::vector<LaunchRecord> launches;
+inline size_t smem_limit_of(const void* kernel) {
+  const auto it = smem_optin.find(kernel);
+  return it == smem_optin.end() ? kDefaultSmemLimit : it->second;
+}
+// Checks a launch as the CUDA runtime would; records it; true if it may run.
+inline bool admit(const void* kernel, const char* name, dim3 grid, dim3 block, size_t smem) {
+  int status = cudaSuccess;
+  if (grid.x < 1 || block.x < 1 || block.x > 1024) {
+    status = cudaErrorInvalidConfiguration;
+  } else if (smem > smem_limit_of(kernel)) {
+    status = cudaErrorInvalidValue;  // more dynamic shared memory than the kernel opted in to
+  }
+  launches.push_back(LaunchRecord{name, grid.x, block.x, smem, status});
+  if (status != cudaSuccess) last_error = status;
+  return status == cudaSuccess;
+}
+}  // namespace
 }  // namespace emu
+extern "C" {
+// The launch log, read by tests/kernels/cuda_emulator.py through ctypes.
+int64_t emu_launch_count() { return static_cast<int64_t>(emu::launches.size()); }
+const char* emu_launch_name(int64_t i) { return emu::launches[i].name; }
+int64_t emu_launch_grid(int64_t i) { return emu::launches[i].grid; }
+int64_t emu_launch_smem(int64_t i) { return static_cast<int64_t>(emu::launches[i].smem); }
+int emu_launch_status(int64_t i) { return emu::launches[i].status; }
+void emu_clear_launches() { emu::launches.clear(); }
+}
 #define threadIdx (emu::thread_idx)
 #define blockIdx (emu::block_idx)
 #define blockDim (emu::block_dim)
@@ -92,15 +142,17 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
 }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
-  *v = 227 * 1024;
+  *v = emu::kDeviceSmemOptin;
   return cudaSuccess;
 }
 template <class F>
-cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int bytes) {
-  emu::smem_limit = static_cast<size_t>(bytes);
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute, int bytes) {
+  if (bytes < 0 || bytes > emu::kDeviceSmemOptin) return cudaErrorInvalidValue;
+  emu::smem_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(bytes);
   return cudaSuccess;
 }
 namespace emu {
+namespace {
 #ifdef YOSO_EMU_CONCURRENT
 constexpr unsigned kBlocksPerWave = 4;
 // Runs the grid in waves of kBlocksPerWave blocks; every thread of a wave is a
@@ -110,11 +162,9 @@ constexpr unsigned kBlocksPerWave = 4;
 // plain `+=` where an atomicAdd is needed, or a missing __syncthreads, is a
 // real data race here: ThreadSanitizer builds (tsan=True) report it.
 template <bool kSync, class F>
-void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F kernel) {
-  if (grid.x < 1 || block.x < 1 || block.x > 1024 || smem > smem_limit) {
-    last_error = cudaErrorInvalidConfiguration;
-    return;
-  }
+void launch(const void* id, const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t,
+            F kernel) {
+  if (!admit(id, name, grid, block, smem)) return;
   grid_dim = grid;
   block_dim = block;
   const unsigned waves = (grid.x + kBlocksPerWave - 1) / kBlocksPerWave;
@@ -124,7 +174,7 @@ void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F kernel) {
     std::vector<std::thread> threads;
     for (unsigned b = w; b < grid.x; b += waves) {
       barriers.push_back(std::make_unique<std::barrier<>>(block.x));
-      shared.emplace_back(smem / sizeof(float) + 1);
+      shared.emplace_back((smem + sizeof(float) - 1) / sizeof(float));
     }
     unsigned slot = 0;
     for (unsigned b = w; b < grid.x; b += waves, ++slot) {
@@ -147,39 +197,46 @@ void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F kernel) {
 // Runs every block; threads of a block run one after the other unless the
 // kernel synchronises, in which case they are real threads sharing a barrier.
 template <bool kSync, class F>
-void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F kernel) {
-  if (grid.x < 1 || block.x < 1 || block.x > 1024 || smem > smem_limit) {
-    last_error = cudaErrorInvalidConfiguration;
-    return;
-  }
+void launch(const void* id, const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t,
+            F kernel) {
+  if (!admit(id, name, grid, block, smem)) return;
   grid_dim = grid;
   block_dim = block;
-  std::vector<float> shared(smem / sizeof(float) + 1);
-  for (unsigned b = 0; b < grid.x; ++b) {
-    if (kSync) {
-      std::barrier<> bar(block.x);
-      std::vector<std::thread> threads;
-      for (unsigned t = 0; t < block.x; ++t) {
-        threads.emplace_back([&, b, t] {
-          block_idx = dim3(b);
-          thread_idx = dim3(t);
-          block_barrier = &bar;
-          shared_mem = shared.data();
-          kernel();
-        });
-      }
-      for (auto& th : threads) th.join();
-    } else {
-      for (unsigned t = 0; t < block.x; ++t) {
-        block_idx = dim3(b);
+  // Exactly the requested bytes (rounded up to whole floats), so that a read past
+  // the end is a heap-buffer-overflow under AddressSanitizer.
+  std::vector<float> shared((smem + sizeof(float) - 1) / sizeof(float));
+  if (kSync) {
+    // One real thread per thread of the block, kept for every block of the grid:
+    // a barrier after each block, so the next one starts on a finished block's
+    // shared memory, as a block of a real GPU reuses what a finished block left.
+    std::barrier<> bar(block.x);
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block.x; ++t) {
+      threads.emplace_back([&, t] {
         thread_idx = dim3(t);
+        block_barrier = &bar;
         shared_mem = shared.data();
-        kernel();
-      }
+        for (unsigned b = 0; b < grid.x; ++b) {
+          block_idx = dim3(b);
+          kernel();
+          bar.arrive_and_wait();
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    return;
+  }
+  for (unsigned b = 0; b < grid.x; ++b) {
+    for (unsigned t = 0; t < block.x; ++t) {
+      block_idx = dim3(b);
+      thread_idx = dim3(t);
+      shared_mem = shared.data();
+      kernel();
     }
   }
 }
 #endif  // YOSO_EMU_CONCURRENT
+}  // namespace
 }  // namespace emu
 """
 
@@ -204,7 +261,9 @@ def translate_cu(source: str) -> str:
             config_parts.append("0" if len(config_parts) == 2 else "nullptr")
         base = name.split("<")[0]
         sync = "true" if base in syncing else "false"
-        return f"emu::launch<{sync}>({', '.join(config_parts)}, [&]() {{ {name}({args}); }});"
+        kernel_id = f"reinterpret_cast<const void*>(&{name})"
+        return (f"emu::launch<{sync}>({kernel_id}, \"{base}\", {', '.join(config_parts)}, "
+                f"[&]() {{ {name}({args}); }});")
 
     translated, count = re.subn(
         r"(\w+(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);", launch, source, flags=re.DOTALL
@@ -230,8 +289,21 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
-def build_emulation(tmp: Path, source: str | None = None, tsan: bool = False) -> ctypes.CDLL:
-    """Translate, compile and load the kernels (``source``: the .cu text, default the real file)."""
+def build_emulation(
+    tmp: Path,
+    source: str | None = None,
+    tsan: bool = False,
+    asan: bool = False,
+    max_blocks: int | None = None,
+) -> ctypes.CDLL:
+    """Translate, compile and load the kernels (``source``: the .cu text, default the real file).
+
+    ``tsan``: ThreadSanitizer build, blocks run concurrently (load it under ``run_under_tsan``).
+    ``asan``: AddressSanitizer build (load it under ``run_under_asan``): an out-of-bounds read or
+    write of a tensor or of a block's shared memory aborts with a report.
+    ``max_blocks``: cap on every grid (``YOSO_MAX_BLOCKS``), so that grid-stride loops run
+    several rounds.
+    """
     emu_include = tmp / "include"
     emu_include.mkdir()
     (emu_include / "cuda_runtime_api.h").write_text(EMU_HEADER)
@@ -239,10 +311,18 @@ def build_emulation(tmp: Path, source: str | None = None, tsan: bool = False) ->
     translated = tmp / "yoso_kernels_emu.cpp"
     translated.write_text(translate_cu(source or (CUDA_DIR / "yoso_kernels.cu").read_text()))
     library = tmp / "libyoso_emu.so"
+    if tsan:
+        mode = ["-O1", "-g", "-fsanitize=thread", "-DYOSO_EMU_CONCURRENT"]
+    elif asan:
+        mode = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]
+    else:
+        mode = ["-O2"]
+    if max_blocks is not None:
+        mode.append(f"-DYOSO_MAX_BLOCKS=int64_t{{{max_blocks}}}")
     cmd = [
         os.environ.get("CXX", "g++"),
         "-std=c++20",
-        *(["-O1", "-g", "-fsanitize=thread", "-DYOSO_EMU_CONCURRENT"] if tsan else ["-O2"]),
+        *mode,
         "-fPIC",
         "-shared",
         "-pthread",
@@ -260,18 +340,34 @@ def build_emulation(tmp: Path, source: str | None = None, tsan: bool = False) ->
     subprocess.run(cmd, check=True)
     lib = ctypes.CDLL(str(library))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.yoso_hash_gaussian.argtypes = [p, p, p, i64, i64, i64, i64, i32, p]
-    lib.yoso_hash_fast.argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, i32, p]
-    lib.yoso_lsh_cumulation_workspace_bytes.argtypes = [i64, i64, i64, i32]
-    lib.yoso_lsh_cumulation_workspace_bytes.restype = ctypes.c_size_t
-    lib.yoso_lsh_cumulation.argtypes = [p, p, p, p, p, p, p] + [i64] * 5 + [i32, p]
-    lib.yoso_lsh_backward_workspace_bytes.argtypes = [i64, i64, i64, i64, i32]
-    lib.yoso_lsh_backward_workspace_bytes.restype = ctypes.c_size_t
-    lib.yoso_lsh_backward.argtypes = [p] * 12 + [i64] * 6 + [i32, p]
-    for name in LAUNCHERS:
-        if not name.endswith("_workspace_bytes"):
-            getattr(lib, name).restype = ctypes.c_int
+    signatures = {  # name: (argtypes, restype)
+        "yoso_pack_sign_bits": ([p, p, i64, i64, i32, p], i32),
+        "yoso_hash_fast": ([p, p, p, i64, i64, i64, i64, i64, i64, i32, p], i32),
+        "yoso_lsh_cumulation_workspace_bytes": ([i64, i64, i64, i32], ctypes.c_size_t),
+        "yoso_lsh_cumulation": ([p] * 7 + [i64] * 5 + [i32, p], i32),
+        "yoso_lsh_backward_workspace_bytes": ([i64, i64, i64, i64, i32], ctypes.c_size_t),
+        "yoso_lsh_backward": ([p] * 12 + [i64] * 6 + [i32, p], i32),
+        "emu_launch_count": ([], i64),
+        "emu_launch_name": ([i64], ctypes.c_char_p),
+        "emu_launch_grid": ([i64], i64),
+        "emu_launch_smem": ([i64], i64),
+        "emu_launch_status": ([i64], i32),
+        "emu_clear_launches": ([], None),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        if hasattr(lib, name):  # a test source need not define the launchers
+            getattr(lib, name).argtypes = argtypes
+            getattr(lib, name).restype = restype
     return lib
+
+
+def launch_log(lib: ctypes.CDLL) -> list[tuple[str, int, int, int]]:
+    """Every emulated launch so far: (kernel, grid blocks, dynamic shared bytes, CUDA status)."""
+    return [
+        (lib.emu_launch_name(i).decode(), lib.emu_launch_grid(i), lib.emu_launch_smem(i),
+         lib.emu_launch_status(i))
+        for i in range(lib.emu_launch_count())
+    ]
 
 
 class EmulatedOps:
@@ -288,27 +384,28 @@ class EmulatedOps:
         if status != 0:
             raise RuntimeError(f"{op}: emulated launcher returned CUDA error {status}")
 
-    def hash_gaussian(self, x, projection, tau):
+    def pack_sign_bits(self, projected, tau):
+        """``[..., m * tau]`` floats -> ``[..., m]`` codes through the emulated packing kernel."""
         import torch
 
-        x, projection = x.float().contiguous(), projection.float().contiguous()
-        bh, n, d = x.shape
-        codes = torch.empty(bh, n, projection.shape[-1] // tau, dtype=torch.int32)
+        projected = projected.float().contiguous()
+        m = projected.shape[-1] // tau
+        assert projected.shape[-1] == m * tau
+        rows = projected.numel() // max(1, projected.shape[-1])
+        codes = torch.empty(*projected.shape[:-1], m, dtype=torch.int32)
         self._check(
-            self.lib.yoso_hash_gaussian(
-                self._ptr(x),
-                self._ptr(projection),
-                self._ptr(codes),
-                bh,
-                n,
-                d,
-                projection.shape[-1],
-                tau,
-                None,
-            ),
-            "hash_gaussian",
+            self.lib.yoso_pack_sign_bits(self._ptr(projected), self._ptr(codes), rows, m, tau, None),
+            "pack_sign_bits",
         )
         return codes
+
+    def hash_gaussian(self, x, projection, tau):
+        """What the binding does: one bmm of all hashes' projections, then the packing kernel."""
+        import torch
+
+        m = projection.shape[-1] // tau
+        projected = torch.bmm(x.float(), projection[..., : m * tau].float())
+        return self.pack_sign_bits(projected, tau)
 
     def hash_fast(self, x, signs, num_hashes, tau):
         import torch
@@ -406,6 +503,8 @@ def check_emulated_backward(ops: EmulatedOps) -> int:
         (2, 40, 50, 8, 8, 5, 4, 0.9),
         (1, 90, 80, 100, 64, 2, 16, 0.7),
         (2, 20, 25, 5, 3, 33, 16, 0.0),
+        (2, 40, 50, 24, 100, 3, 3, 0.6),  # direct tiles over two value slabs (64 + 36)
+        (1, 50, 60, 100, 130, 2, 2, 0.5),  # three slabs; tables too large for 48 KiB
     ]
     for bh, nq, nk, d, dv, m, tau, hot in cases:
         qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
@@ -426,15 +525,19 @@ def check_emulated_backward(ops: EmulatedOps) -> int:
     return len(cases)
 
 
-def check_emulate() -> None:
+def check_emulate(asan: bool = False) -> None:
+    """Every launcher against the reference (``asan``: on the AddressSanitizer build, which
+    must then run in a process that preloads libasan, see ``run_under_asan``)."""
     sys.path.insert(0, str(ROOT))
     import torch
 
     from src.kernels import reference as ref
     from src.kernels.options import YOSOOptions
 
+    if asan:
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="yoso_emu_") as tmp:
-        ops = EmulatedOps(build_emulation(Path(tmp)))
+        ops = EmulatedOps(build_emulation(Path(tmp), asan=asan))
         gen = torch.Generator().manual_seed(0)
         cases = [  # (bh, nq, nk, d, dv, m, tau)
             (1, 1, 1, 1, 1, 1, 1),
@@ -454,12 +557,11 @@ def check_emulate() -> None:
             km = torch.rand(bh, nk, generator=gen) > 0.2
             if bh > 1:
                 km[0] = False  # an all-padding head
-            # Gaussian hash: bits may differ only where the projection is ~0.
+            # Gaussian hash: the same GEMM as the reference, then the packing kernel, so
+            # the codes are bit-identical (on a GPU both GEMMs are the same cuBLAS call).
             proj = torch.randn(bh, d, m * tau, generator=gen)
-            got, want = ops.hash_gaussian(q, proj, tau), ref.hash_gaussian(q, proj, tau)
-            projected = torch.bmm(q.double(), proj.double()).reshape(bh, nq, m, tau)
-            bits = ((got ^ want).unsqueeze(-1) >> torch.arange(tau)) & 1
-            assert bool((projected.abs()[bits.bool()] < 1e-5).all()), "gaussian codes differ"
+            got = ops.hash_gaussian(q, proj, tau)
+            assert torch.equal(got, ref.hash_gaussian(q, proj, tau)), "gaussian codes differ"
             assert not bool(got[:, -1].any()), "zero vectors must hash to code 0"
             # Fast hash: bit-identical.
             options = YOSOOptions(hash_code_len=tau, num_hashes=m, hashing="fast")
@@ -495,7 +597,92 @@ def check_emulate() -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
             checked += 1
         checked += check_emulated_backward(ops)
+        checked += check_sign_packing(ops)
+        checked += check_large_shared_memory(ops)
         print(f"emulate: {checked} cases match the reference")
+
+
+def check_sign_packing(ops: EmulatedOps) -> int:
+    """The packing kernel against the reference's packing on projections with every
+    special value (0, -0, NaN, +-inf, subnormals, values next to 0), all code lengths and
+    counts that leave partial tiles: bit-identical."""
+    import torch
+
+    from src.kernels import reference as ref
+
+    gen = torch.Generator().manual_seed(2)
+    specials = torch.tensor([0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-45, -1e-45,
+                             1.2e-38, -1.2e-38, 1e-7, -1e-7, 1.0, -1.0])
+    cases = 0
+    for tau in range(1, 17):
+        for rows, m in ((1, 1), (7, 3), (300, 5) if tau % 5 == 0 else (33, 2)):
+            projected = torch.randn(rows, m * tau, generator=gen)
+            pick = torch.rand(projected.shape, generator=gen) < 0.5
+            index = torch.randint(0, len(specials), projected.shape, generator=gen)
+            projected = torch.where(pick, specials[index], projected)
+            got = ops.pack_sign_bits(projected, tau)
+            want = ref._bits_to_codes(projected, m, tau)
+            assert torch.equal(got, want), f"packed codes differ (tau {tau}, rows {rows}, m {m})"
+            cases += 1
+    return cases
+
+
+def check_large_shared_memory(ops: EmulatedOps) -> int:
+    """A fast hash of width 16384 needs 64 KiB of shared memory per block: its launcher opts
+    in (cudaFuncSetAttribute) and the emulator, which allows 48 KiB without, runs it."""
+    import torch
+
+    from src.kernels import reference as ref
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(1, 2, 16384, generator=gen), dim=-1)
+    signs = torch.randint(0, 2, (1, 3, 1, 16384), generator=gen).float() * 2 - 1
+    ops.lib.emu_clear_launches()
+    codes = ops.hash_fast(x, signs, 3, 8)
+    assert torch.equal(codes, ref.hash_fast(x, signs, 3, 8)), "fast codes differ (width 16384)"
+    [(name, _, smem, status)] = launch_log(ops.lib)
+    assert name == "hash_fast_kernel" and smem == 16384 * 4 and status == 0
+    return 1
+
+
+def check_small_grid() -> None:
+    """Every grid capped at SMALL_GRID_BLOCKS blocks: the sizes below give each kernel more
+    than SMALL_GRID_BLOCKS blocks' worth of work, so every grid-stride loop runs several
+    rounds, and the results still match the reference."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from src.kernels import reference as ref
+
+    with tempfile.TemporaryDirectory(prefix="yoso_emu_grid_") as tmp:
+        ops = EmulatedOps(build_emulation(Path(tmp), max_blocks=SMALL_GRID_BLOCKS))
+        gen = torch.Generator().manual_seed(4)
+        # 600 code rows x 3 hashes > 2 x 256; 4 x 700 fast-hash vectors > 2 tiles of 64;
+        # bh x hashes x n > 512 for counting and placing; > 2 (head, hash) units.
+        bh, nq, nk, d, dv, m, tau = 3, 200, 240, 32, 20, 3, 5
+        q = torch.nn.functional.normalize(torch.randn(bh, nq, d, generator=gen), dim=-1)
+        k = torch.nn.functional.normalize(torch.randn(bh, nk, d, generator=gen), dim=-1)
+        v, g = torch.randn(bh, nk, dv, generator=gen), torch.randn(bh, nq, dv, generator=gen)
+        qm, km = torch.rand(bh, nq, generator=gen) > 0.2, torch.rand(bh, nk, generator=gen) > 0.2
+        ops.lib.emu_clear_launches()
+        proj = torch.randn(bh, d, m * tau, generator=gen)
+        assert torch.equal(ops.hash_gaussian(q, proj, tau), ref.hash_gaussian(q, proj, tau))
+        signs = torch.randint(0, 2, (bh, 3, 1, d), generator=gen).float() * 2 - 1
+        qc, kc = ops.hash_fast(q, signs, m, tau), ops.hash_fast(k, signs, m, tau)
+        assert torch.equal(qc, ref.hash_fast(q, signs, m, tau))
+        assert torch.equal(kc, ref.hash_fast(k, signs, m, tau))
+        got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)
+        torch.testing.assert_close(got, ref.lsh_cumulation(qm, qc, km, kc, v, tau), rtol=1e-5, atol=1e-6)
+        got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
+        want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        log = launch_log(ops.lib)
+        kernels = set(re.findall(r"__global__ void (\w+)\(", (CUDA_DIR / "yoso_kernels.cu").read_text()))
+        assert {name for name, *_ in log} == kernels, "every kernel runs in the small-grid check"
+        assert all(grid == SMALL_GRID_BLOCKS and status == 0 for _, grid, _, status in log), log
+        print(f"small grid: {len(log)} launches, every grid capped at {SMALL_GRID_BLOCKS} blocks, "
+              "results match the reference")
 
 
 
@@ -505,8 +692,23 @@ MUTATIONS = {
         "atomicAdd(&dq[Q[a0 + a] * d + col], alpha * acc);",
         "dq[Q[a0 + a] * d + col] += alpha * acc;",
     ),
-    "barrier": ("            s[e] = dot;\n          }\n          __syncthreads();",
-                "            s[e] = dot;\n          }"),
+    "barrier": ("            if (e < tq * tk) s[e] = part[p];\n          }\n          __syncthreads();",
+                "            if (e < tq * tk) s[e] = part[p];\n          }"),
+    # No barrier between the S tiles' slabs: the next slab overwrites rows still being read.
+    "slab_barrier": ("            __syncthreads();  // the slabs are overwritten next\n",
+                     "            // (barrier removed)\n"),
+    # The fast hash no longer opts in to its 64 KiB of shared memory: its launch must fail.
+    "optin": (
+        "err = cudaFuncSetAttribute(hash_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,\n"
+        "                               static_cast<int>(smem));",
+        "err = cudaSuccess;",
+    ),
+    # The packing kernel ignores the partial last tile: reads and writes past the tensors,
+    # which the AddressSanitizer build must report.
+    "overflow": (
+        "const int64_t count = clamp64(total - first, 0, per_tile);",
+        "const int64_t count = per_tile;",
+    ),
 }
 
 
@@ -529,7 +731,7 @@ def race_case() -> None:
 
     torch.set_num_threads(1)  # torch's OpenMP is not instrumented: keep it out of TSan's view
     gen = torch.Generator().manual_seed(0)
-    bh, nq, nk, d, dv, m, tau = 1, 40, 30, 32, 32, 2, 2
+    bh, nq, nk, d, dv, m, tau = 1, 40, 30, 32, 70, 2, 2  # dv 70: two slabs of the S tiles
     qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
     kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
     qc[:, : nq // 2] = 0
@@ -559,8 +761,7 @@ def run_case(lib: ctypes.CDLL) -> None:
 def run_under_tsan(mutation: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Build the ThreadSanitizer emulation (optionally of a mutated source) and run the race
     case in a child process with libtsan preloaded; exit code TSAN_EXIT_CODE on a data race."""
-    libtsan = subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout
-    env = dict(os.environ, LD_PRELOAD=libtsan.strip(), OMP_NUM_THREADS="1",
+    env = dict(os.environ, LD_PRELOAD=_sanitizer_runtime("tsan"), OMP_NUM_THREADS="1",
                TSAN_OPTIONS=f"halt_on_error=1 exitcode={TSAN_EXIT_CODE} report_signal_unsafe=0")
     cmd = [sys.executable, "-m", "tests.kernels.cuda_emulator", "--tsan"]
     if mutation:
@@ -568,13 +769,56 @@ def run_under_tsan(mutation: str | None = None, timeout: float = 600) -> subproc
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _sanitizer_runtime(name: str) -> str:
+    """Path of gcc's lib<name>.so (for LD_PRELOAD); "" when gcc does not have it."""
+    found = subprocess.run(["gcc", f"-print-file-name=lib{name}.so"], capture_output=True, text=True)
+    path = found.stdout.strip()
+    return path if found.returncode == 0 and os.path.isabs(path) else ""
+
+
+def has_sanitizer(name: str) -> bool:
+    return bool(_sanitizer_runtime(name))
+
+
+def run_under_asan(mutation: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Build the AddressSanitizer emulation (optionally of a mutated source) and run every check
+    of ``check_emulate`` in a child process with libasan preloaded (ASan must come first);
+    exit code ASAN_EXIT_CODE on an out-of-bounds access. A mutated source runs the race case
+    only (every launcher once), which is where the mutation's out-of-bounds access happens."""
+    env = dict(os.environ, LD_PRELOAD=_sanitizer_runtime("asan"), OMP_NUM_THREADS="1",
+               ASAN_OPTIONS=f"detect_leaks=0:halt_on_error=1:exitcode={ASAN_EXIT_CODE}")
+    cmd = [sys.executable, "-m", "tests.kernels.cuda_emulator", "--asan"]
+    if mutation:
+        cmd += ["--mutate", mutation]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_asan() -> None:
+    """``check_emulate`` on the AddressSanitizer build (a child process); raises on a report."""
+    done = run_under_asan()
+    sys.stdout.write(done.stdout)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-6000:])
+        raise SystemExit(f"asan: the emulated kernels under AddressSanitizer failed (exit {done.returncode})")
+
+
 def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="run the emulated kernels (see module docstring)")
     parser.add_argument("--tsan", action="store_true", help="ThreadSanitizer build, race case only")
+    parser.add_argument("--asan", action="store_true", help="AddressSanitizer build (run it "
+                        "through run_under_asan: libasan must be preloaded)")
     parser.add_argument("--mutate", choices=sorted(MUTATIONS), default=None)
     args = parser.parse_args()
+    if args.asan:
+        if args.mutate:
+            with tempfile.TemporaryDirectory(prefix="yoso_asan_") as tmp:
+                run_case(build_emulation(Path(tmp), mutated_source(args.mutate), asan=True))
+        else:
+            check_emulate(asan=True)
+        print("asan: no out-of-bounds access reported")
+        return
     if not args.tsan:
         check_emulate()
         return

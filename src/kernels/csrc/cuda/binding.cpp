@@ -18,6 +18,8 @@
 namespace {
 
 constexpr int64_t kMaxTau = YOSO_MAX_HASH_CODE_LEN;
+// Largest float32 projection tensor hash_gaussian keeps in flight (bytes).
+constexpr int64_t kHashChunkBytes = int64_t{64} << 20;
 
 void check_tau(int64_t tau) {
   TORCH_CHECK(tau >= 1 && tau <= kMaxTau, "hash_code_len must be in [1, ", kMaxTau, "], got ",
@@ -63,6 +65,12 @@ void check_side(const torch::Tensor& mask, const char* mask_name, const torch::T
 
 }  // namespace
 
+// The Gaussian hash as a GEMM: the projections of all m hashes come from one
+// at::bmm (cuBLAS, the very call reference.hash_gaussian makes, so the codes
+// are those of the reference on the same device; both follow torch's float32
+// matmul precision), then yoso_pack_sign_bits packs their signs. Heads are
+// taken in chunks so that the projections in flight stay under
+// kHashChunkBytes.
 torch::Tensor hash_gaussian(torch::Tensor x, torch::Tensor projection, int64_t tau) {
   check_tau(tau);
   check_tensor(x, "x", at::kFloat, 3, x);
@@ -70,15 +78,23 @@ torch::Tensor hash_gaussian(torch::Tensor x, torch::Tensor projection, int64_t t
   check_size(projection, "projection", 0, x.size(0), "x.shape[0]");
   check_size(projection, "projection", 1, x.size(2), "x.shape[2] (head dim)");
   const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t bh = x.size(0), n = x.size(1);
+  const int64_t m = projection.size(2) / tau;
+  auto codes = torch::empty({bh, n, m}, x.options().dtype(at::kInt));
+  if (bh == 0 || n == 0 || m == 0) return codes;
   x = x.contiguous();
-  projection = projection.contiguous();
-  const int64_t bh = x.size(0), n = x.size(1), d = x.size(2);
-  const int64_t cols = projection.size(2);
-  auto codes = torch::empty({bh, n, cols / tau}, x.options().dtype(at::kInt));
-  check_launch(yoso_hash_gaussian(x.data_ptr<float>(), projection.data_ptr<float>(),
-                                  codes.data_ptr<int32_t>(), bh, n, d, cols,
-                                  static_cast<int>(tau), current_stream(x)),
-               "hash_gaussian");
+  projection = projection.narrow(2, 0, m * tau);  // extra columns are ignored
+  const int64_t head_bytes = n * m * tau * static_cast<int64_t>(sizeof(float));
+  const int64_t heads = std::clamp<int64_t>(kHashChunkBytes / head_bytes, 1, bh);
+  for (int64_t b0 = 0; b0 < bh; b0 += heads) {
+    const int64_t nb = std::min(heads, bh - b0);
+    const torch::Tensor projected =
+        at::bmm(x.narrow(0, b0, nb), projection.narrow(0, b0, nb)).contiguous();
+    check_launch(yoso_pack_sign_bits(projected.data_ptr<float>(),
+                                     codes.data_ptr<int32_t>() + b0 * n * m, nb * n, m,
+                                     static_cast<int>(tau), current_stream(x)),
+                 "hash_gaussian (pack_sign_bits)");
+  }
   return codes;
 }
 

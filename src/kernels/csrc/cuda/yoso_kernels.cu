@@ -10,6 +10,8 @@
 //   atomicAdd and queries gather their bucket. Problems whose tables exceed
 //   the budget are processed in chunks of columns, hashes and heads (in that
 //   order of preference).
+// - The Gaussian hash is a GEMM (in the binding) followed by
+//   pack_sign_bits_kernel, which packs the projections' sign bits into codes.
 // - The fast hash keeps its rotated vectors in shared memory and applies the
 //   Walsh-Hadamard butterflies in the same order as the reference, so its
 //   codes are bit-identical to the reference (products with +-1 are exact).
@@ -20,7 +22,13 @@
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+// Largest grid of any launch (kernels stride over the rest). The CPU emulator
+// builds with a small YOSO_MAX_BLOCKS so that every grid-stride loop runs
+// several rounds.
+#ifndef YOSO_MAX_BLOCKS
+#define YOSO_MAX_BLOCKS (int64_t{1} << 20)
+#endif
+constexpr int64_t kMaxBlocks = YOSO_MAX_BLOCKS;
 // Target number of floats of shared memory per fast-hash block.
 constexpr int64_t kFastHashTileElems = 2048;
 constexpr int kMaxTau = YOSO_MAX_HASH_CODE_LEN;
@@ -39,38 +47,35 @@ __host__ __device__ inline int64_t clamp64(int64_t value, int64_t lo, int64_t hi
 }
 
 // ---------------------------------------------------------------------------
-// Gaussian hash: one thread per (row, hash); tau dot products of length d.
+// Gaussian hash, packing step. The binding computes the projections of all m
+// hashes with one GEMM (at::bmm); this kernel turns their signs into codes:
+// codes[e] = sum_t [projected[e * tau + t] > 0] << t over the flat code index
+// e of [rows, m]. A block stages the tau floats of blockDim.x consecutive codes
+// as sign bytes in shared memory, consecutive lanes loading consecutive floats
+// (coalesced), then every thread packs its own code and the block stores the
+// codes with consecutive lanes.
 // ---------------------------------------------------------------------------
-__global__ void hash_gaussian_kernel(const float* __restrict__ x,
-                                     const float* __restrict__ projection,
-                                     int32_t* __restrict__ codes, int64_t bh, int64_t n,
-                                     int64_t d, int64_t proj_cols, int64_t m, int tau) {
-  const int64_t total = bh * n * m;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += stride) {
-    const int64_t h = e % m;
-    const int64_t row = e / m;  // b * n + i
-    const int64_t b = row / n;
-    const float* xr = x + row * d;
-    const float* p = projection + b * d * proj_cols + h * tau;
-    float acc[kMaxTau];
-#pragma unroll
-    for (int t = 0; t < kMaxTau; ++t) acc[t] = 0.0f;
-    for (int64_t k = 0; k < d; ++k) {
-      const float xv = xr[k];
-      const float* pk = p + k * proj_cols;
-#pragma unroll
-      for (int t = 0; t < kMaxTau; ++t) {
-        if (t < tau) acc[t] = fmaf(xv, pk[t], acc[t]);
-      }
+__global__ void pack_sign_bits_kernel(const float* __restrict__ projected,
+                                      int32_t* __restrict__ codes, int64_t total, int tau) {
+  extern __shared__ float pack_shared[];
+  unsigned char* positive = reinterpret_cast<unsigned char*>(pack_shared);
+  const int64_t per_tile = blockDim.x;
+  const int64_t tiles = (total + per_tile - 1) / per_tile;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t first = tile * per_tile;
+    const int64_t count = clamp64(total - first, 0, per_tile);
+    const float* src = projected + first * tau;
+    for (int64_t f = threadIdx.x; f < count * tau; f += blockDim.x) {
+      positive[f] = src[f] > 0.0f ? 1 : 0;  // NaN and -0 give 0, as in the reference
     }
-    int32_t code = 0;
-#pragma unroll
-    for (int t = 0; t < kMaxTau; ++t) {
-      if (t < tau && acc[t] > 0.0f) code |= int32_t{1} << t;
+    __syncthreads();
+    if (static_cast<int64_t>(threadIdx.x) < count) {
+      const unsigned char* bits = positive + static_cast<int64_t>(threadIdx.x) * tau;
+      int32_t code = 0;
+      for (int t = 0; t < tau; ++t) code |= static_cast<int32_t>(bits[t]) << t;
+      codes[first + threadIdx.x] = code;
     }
-    codes[e] = code;
+    __syncthreads();  // the sign bytes are reused by the next tile
   }
 }
 
@@ -288,8 +293,9 @@ cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
 // block-wide scan gives bucket starts, a second pass places row indices), then
 // blocks walk buckets. Per bucket with queries Q and keys K:
 //   dV_K += (sum_Q G) / m;
-//   direct: tiles of S = G_Q V_K^T in shared memory, each S tile used for both
-//           dQ_Q += a S K_K and dK_K += a S^T Q_Q;
+//   direct: tiles of S = G_Q V_K^T in shared memory (computed from slabs of G_Q
+//           and V_K rows staged in shared memory with coalesced loads), each S
+//           tile used for both dQ_Q += a S K_K and dK_K += a S^T Q_Q;
 //   tables: T1 = V_K^T K_K and T2 = G_Q^T Q_Q ([dv, d] each, shared memory),
 //           dQ_Q += a G_Q T1 and dK_K += a V_K T2, when cheaper and they fit.
 // Float atomics touch only output rows (d or dv per row, bucket and hash),
@@ -301,6 +307,15 @@ constexpr int64_t kBucketBlocksPerUnit = 32;
 constexpr int64_t kTileQ = 16;
 constexpr int64_t kTileK = 32;
 constexpr int64_t kSharedLimitBytes = 48 * 1024;
+// S tiles are computed from slabs of kSlab value columns staged in shared memory;
+// rows padded to kSlabStride floats so that the lanes of a warp, which read rows
+// of different keys at the same column, hit different banks.
+constexpr int64_t kSlab = 64;
+constexpr int64_t kSlabStride = kSlab + 1;
+// Pairs of an S tile per thread (the kernel is launched with kBucketThreads threads).
+constexpr int kPairsPerThread = static_cast<int>((kTileQ * kTileK + kBucketThreads - 1) / kBucketThreads);
+// Shared floats of the direct path: the S tile and the G and V slabs.
+constexpr int64_t kDirectSharedFloats = kTileQ * kTileK + (kTileQ + kTileK) * kSlabStride;
 
 __global__ void count_codes_kernel(const bool* __restrict__ mask, const int32_t* __restrict__ codes,
                                    int32_t* __restrict__ count, int64_t bh, int64_t n, int64_t m,
@@ -388,8 +403,10 @@ __global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restr
                                        int64_t nq, int64_t nk, int64_t d, int64_t dv, int tau,
                                        float alpha, float beta, bool tables) {
   extern __shared__ float bucket_shared[];
-  float* s = bucket_shared;          // [kTileQ * kTileK]
-  float* t1 = s + kTileQ * kTileK;   // [dv * d] (tables only)
+  float* s = bucket_shared;               // [kTileQ * kTileK]
+  float* gs = s + kTileQ * kTileK;        // [kTileQ * kSlabStride]: a slab of G_Q rows
+  float* vs = gs + kTileQ * kSlabStride;  // [kTileK * kSlabStride]: a slab of V_K rows
+  float* t1 = vs + kTileK * kSlabStride;  // [dv * d] (tables only)
   float* t2 = t1 + dv * d;           // [dv * d] (tables only)
   const int64_t buckets = int64_t{1} << tau;
   const int64_t tid = threadIdx.x, nt = blockDim.x;
@@ -446,13 +463,41 @@ __global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restr
         const int64_t tq = clamp64(nQ - a0, 0, kTileQ);
         for (int64_t j0 = 0; j0 < nK; j0 += kTileK) {
           const int64_t tk = clamp64(nK - j0, 0, kTileK);
-          for (int64_t e = tid; e < tq * tk; e += nt) {
-            const int64_t a = e / tk, j = e % tk;
-            const float* gr = g + Q[a0 + a] * dv;
-            const float* vr = v + K[j0 + j] * dv;
-            float dot = 0.f;
-            for (int64_t r = 0; r < dv; ++r) dot += gr[r] * vr[r];
-            s[e] = dot;
+          // S = G_Q V_K^T. Slabs of kSlab value columns of the tile's G and V rows are
+          // staged in shared memory, each row loaded by consecutive lanes (coalesced);
+          // thread `tid` keeps the partial dots of pairs tid, tid + nt, ... in registers
+          // across slabs (same summation order as one walk over dv).
+          float part[kPairsPerThread];
+#pragma unroll
+          for (int p = 0; p < kPairsPerThread; ++p) part[p] = 0.f;
+          for (int64_t r0 = 0; r0 < dv; r0 += kSlab) {
+            const int64_t w = clamp64(dv - r0, 0, kSlab);
+            for (int64_t e = tid; e < tq * w; e += nt) {
+              const int64_t a = e / w, r = e % w;
+              gs[a * kSlabStride + r] = g[Q[a0 + a] * dv + r0 + r];
+            }
+            for (int64_t e = tid; e < tk * w; e += nt) {
+              const int64_t j = e / w, r = e % w;
+              vs[j * kSlabStride + r] = v[K[j0 + j] * dv + r0 + r];
+            }
+            __syncthreads();
+#pragma unroll
+            for (int p = 0; p < kPairsPerThread; ++p) {
+              const int64_t e = tid + p * nt;
+              if (e < tq * tk) {
+                const float* gr = gs + (e / tk) * kSlabStride;
+                const float* vr = vs + (e % tk) * kSlabStride;
+                float acc = part[p];
+                for (int64_t r = 0; r < w; ++r) acc += gr[r] * vr[r];
+                part[p] = acc;
+              }
+            }
+            __syncthreads();  // the slabs are overwritten next
+          }
+#pragma unroll
+          for (int p = 0; p < kPairsPerThread; ++p) {
+            const int64_t e = tid + p * nt;
+            if (e < tq * tk) s[e] = part[p];
           }
           __syncthreads();
           for (int64_t e = tid; e < tq * d; e += nt) {
@@ -485,15 +530,14 @@ int64_t backward_hash_chunk(int64_t bh, int64_t nq, int64_t nk, int64_t m, int t
 
 extern "C" {
 
-cudaError_t yoso_hash_gaussian(const float* x, const float* projection, int32_t* codes,
-                               int64_t bh, int64_t n, int64_t d, int64_t proj_cols, int tau,
-                               cudaStream_t stream) {
-  if (!tau_ok(tau) || bh < 0 || n < 0 || d < 0 || proj_cols < 0) return cudaErrorInvalidValue;
-  const int64_t m = proj_cols / tau;
-  const int64_t total = bh * n * m;
+cudaError_t yoso_pack_sign_bits(const float* projected, int32_t* codes, int64_t rows,
+                                int64_t m, int tau, cudaStream_t stream) {
+  if (!tau_ok(tau) || rows < 0 || m < 0) return cudaErrorInvalidValue;
+  const int64_t total = rows * m;
   if (total == 0) return cudaSuccess;
-  hash_gaussian_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-      x, projection, codes, bh, n, d, proj_cols, m, tau);
+  const size_t smem = static_cast<size_t>(kThreads) * static_cast<size_t>(tau);
+  pack_sign_bits_kernel<<<grid_for(total, kThreads), kThreads, smem, stream>>>(projected, codes,
+                                                                              total, tau);
   return cudaGetLastError();
 }
 
@@ -580,9 +624,10 @@ cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes
   const BackwardTensors x{query, key, value, grad, grad_query, grad_key, grad_value};
   const float alpha = static_cast<float>(tau) / 2.0f / static_cast<float>(m);
   const float beta = 1.0f / static_cast<float>(m);
-  const int64_t table_bytes = (kTileQ * kTileK + 2 * dv * d) * static_cast<int64_t>(sizeof(float));
+  const int64_t table_bytes = (kDirectSharedFloats + 2 * dv * d) * static_cast<int64_t>(sizeof(float));
   const bool tables = table_bytes <= kSharedLimitBytes;
-  const size_t bucket_smem = static_cast<size_t>(tables ? table_bytes : kTileQ * kTileK * sizeof(float));
+  const size_t bucket_smem = static_cast<size_t>(
+      tables ? table_bytes : kDirectSharedFloats * static_cast<int64_t>(sizeof(float)));
   for (int64_t h0 = 0; h0 < m; h0 += hc_max) {
     const int64_t hc = clamp64(m - h0, 1, hc_max);
     const int64_t units = bh * hc;

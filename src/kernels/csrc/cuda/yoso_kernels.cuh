@@ -32,12 +32,14 @@ extern "C" {
 // larger problems are processed in chunks of heads, hashes and columns.
 #define YOSO_TABLE_BUDGET_BYTES (256ull << 20)
 
-// codes[b, i, h] = sum_t [ (x[b, i, :] . projection[b, :, h * tau + t]) > 0 ] << t
-//   x: f32 [bh, n, d]; projection: f32 [bh, d, proj_cols]; codes: i32 [bh, n, m]
-//   with m = proj_cols / tau (extra columns are ignored, as in the reference).
-cudaError_t yoso_hash_gaussian(const float* x, const float* projection, int32_t* codes,
-                               int64_t bh, int64_t n, int64_t d, int64_t proj_cols,
-                               int tau, cudaStream_t stream);
+// The Gaussian hash's packing step (the projections come from a GEMM done by the
+// caller, e.g. at::bmm(x, projection[..., :m * tau])):
+// codes[r, h] = sum_t [ projected[r, h * tau + t] > 0 ] << t
+//   projected: f32 [rows, m * tau] contiguous; codes: i32 [rows, m].
+// Bit t is set exactly when the float is > 0 (0, -0 and NaN give 0), as in
+// reference.hash_gaussian, so equal projections give bit-identical codes.
+cudaError_t yoso_pack_sign_bits(const float* projected, int32_t* codes, int64_t rows, int64_t m,
+                                int tau, cudaStream_t stream);
 
 // Fast (Hadamard) hash: y = H D3 H D2 H D1 pad(x) per rotation p;
 // hash p * (width / tau) + s uses bits s * tau .. s * tau + tau - 1 of y.
