@@ -27,6 +27,7 @@ from src.callbacks.throughput import TokenThroughput
 from src.cli_errors import check_values, explain, fail, import_class, init_arguments
 from src.extends import expand_extends
 from src.kernels.backends import check_backend_choice
+from src.pretrained import apply_source, link_segments
 
 LOG_ROOT = "logs"  # the configs' logger save_dir; --trainer.default_root_dir replaces it
 
@@ -108,9 +109,13 @@ class TrainCLI(LightningCLI):
         check_config(self.config)
 
     def before_instantiate_classes(self) -> None:
-        """Fill the checkpoint's monitor from the model class, name the log folder by attention,
-        and note which data links the model cannot take (checked once the data exists)."""
+        """Take ``init_from``'s encoder and length (``src.pretrained``), fill the checkpoint's monitor
+        from the model class, name the log folder by attention, and note which data links the
+        model cannot take (checked once the data exists)."""
         config = self.config
+        if apply_source(config) is not None:
+            check_config(config)  # the values the source brought in, checked as a config's are
+        link_segments(config)
         monitor, mode = getattr(import_class(config.model.class_path), "monitor", ("val/loss", "min"))
         checkpoint = config.checkpoint.init_args
         if checkpoint.get("monitor", "") is None:

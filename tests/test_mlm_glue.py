@@ -51,10 +51,10 @@ def mlm_overrides(tmp_path: Path) -> list[str]:
 
 def glue_args(task: str, checkpoint: Path, tmp_path: Path) -> list[str]:
     return [
-        "--config", f"configs/glue/{task}.yaml", "--config", "configs/glue/encoders/quickstart.yaml",
+        "--config", f"configs/glue/{task}.yaml",  # no encoder: init_from gives it, and its length
         f"--model.init_args.init_from={checkpoint}",  # named once: train.py links it to the data's tokenizer
         f"--data.init_args.data_dir={FIXTURES}", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-        "--data.init_args.max_length=32", "--data.init_args.batch_size=4", *TINY_ENCODER, *QUIET,
+        "--data.init_args.batch_size=4", "--data.init_args.num_workers=0", *QUIET,
         "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--model.init_args.warmup_steps=1",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
     ]

@@ -3,10 +3,11 @@
 The authors published their model as a Hugging Face folder (``uw-madison/yoso-4096``:
 ``config.json``, the weights, a RoBERTa tokenizer). ``load_hf_yoso`` builds our
 ``MaskedLanguageModel`` from such a folder, tensor for tensor; ``export_hf_yoso`` writes
-one that ``YosoForMaskedLM.from_pretrained`` loads. The layout is RoBERTa's: summed word,
-position (offset 2) and token-type embeddings, a LayerNorm, post-LN layers, the BERT LM
-head tied to the word embeddings; the encoder options ``embedding_norm``,
-``position_offset``, ``layer_norm_eps`` and ``activation`` hold it exactly.
+one that ``YosoForMaskedLM.from_pretrained`` loads. ``init_from`` reads such a folder
+directly (``src.pretrained``: its encoder config; ``convert_hf_encoder_state``: its weights).
+The layout is RoBERTa's: summed word, position (offset 2) and token-type embeddings, a
+LayerNorm, post-LN layers, the BERT LM head tied to the word embeddings; the encoder options
+``embedding_norm``, ``position_offset``, ``layer_norm_eps`` and ``activation`` hold it exactly.
 
 Where our YOSO attention and ``transformers``' differ (``docs/mlm_glue.md``): ours masks
 padded keys (theirs turns the 0/1 mask into all ones, so padded keys are attended), ours
@@ -70,6 +71,17 @@ _NAME_RULES: tuple[tuple[str, str], ...] = (
 )
 # transformers' tensors we do not hold separately: index buffers, and the decoder tied to the embeddings.
 _BUFFERS = ("yoso.embeddings.position_ids", "yoso.embeddings.token_type_ids")
+# Where each of our encoder (and YOSO) arguments comes from in config.json, for messages.
+HF_CONFIG_KEYS = {
+    "vocab_size": "vocab_size", "max_length": "max_position_embeddings", "dim": "hidden_size",
+    "depth": "num_hidden_layers", "num_heads": "num_attention_heads",
+    "head_dim": "hidden_size / num_attention_heads", "ffn_dim": "intermediate_size",
+    "dropout": "hidden_dropout_prob", "num_segments": "type_vocab_size", "padding_id": "pad_token_id",
+    "layer_norm_eps": "layer_norm_eps", "activation": "hidden_act", "norm_first": "post-LN layers",
+    "embedding_norm": "the embedding LayerNorm", "position_offset": "positions offset by 2",
+    "hash_code_len": "hash_code_len", "num_hashes": "num_hash", "expectation": "use_expectation",
+    "conv_window": "conv_window", "hashing": "use_fast_hash", "lsh_backward": "lsh_backward",
+}
 _TIED = {"cls.predictions.decoder.weight": "yoso.embeddings.word_embeddings.weight",
          "cls.predictions.decoder.bias": "cls.predictions.bias"}
 
@@ -161,25 +173,56 @@ def _with_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k if k.startswith(("yoso.", "cls.")) else f"yoso.{k}": v for k, v in state.items()}
 
 
-def convert_hf_state(hf_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """transformers' tensors as ``model``'s state dict; a missing, unknown or untied one is an error."""
-    hf_state = _with_prefix(hf_state)
+def _mapped(hf_state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+            prefix: str = "") -> tuple[dict[str, torch.Tensor], set[str], list[str]]:
+    """``(ours, used, missing)``: the tensor of transformers' state for each of ``own``'s names.
+
+    ``prefix`` turns ``own``'s names into ``MaskedLanguageModel``'s (``encoder.`` for an encoder).
+    """
     ours, used, missing = {}, set(), []
-    for name, own in model.state_dict().items():
-        if name == "lm_head.embedding.weight":
+    for name, tensor in own.items():
+        if prefix + name == "lm_head.embedding.weight":
             continue  # the tied decoder: the token embedding itself
-        source = hf_name(name)
+        source = hf_name(prefix + name)
         if source not in hf_state:
             missing.append(source)
             continue
         used.add(source)
-        ours[name] = hf_state[source].reshape(own.shape) if name.endswith("conv.weight") else hf_state[source]
+        value = hf_state[source]
+        if name.endswith("conv.weight") and value.numel() == tensor.numel():
+            value = value.reshape(tensor.shape)  # transformers' Conv2d [heads, 1, window, 1]
+        ours[name] = value
+    return ours, used, missing
+
+
+def convert_hf_state(hf_state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """transformers' tensors as ``model``'s state dict; a missing, unknown or untied one is an error."""
+    hf_state = _with_prefix(hf_state)
+    ours, used, missing = _mapped(hf_state, model.state_dict())
     _check_tied(hf_state, used)
     if "encoder.token_embedding.weight" in ours:
         ours["lm_head.embedding.weight"] = ours["encoder.token_embedding.weight"]
     unknown = sorted(set(hf_state) - used - set(_BUFFERS) - set(_TIED))
     if missing or unknown:
         raise ValueError("transformers' YOSO weights do not fit: "
+                         + "; ".join(part for part in (_named("missing", missing), _named("unknown", unknown))
+                                     if part))
+    return ours
+
+
+def convert_hf_encoder_state(hf_state: dict[str, torch.Tensor],
+                             encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """The body's tensors (``yoso.*``) as ``encoder``'s state dict, e.g. for ``init_from``.
+
+    A task head of the folder's model (``cls.*`` of ``YosoForMaskedLM``, ``classifier.*``, ...)
+    is left out; a body tensor that is missing, or one ``encoder`` has no place for, is an error.
+    """
+    body = {k if k.startswith("yoso.") else f"yoso.{k}": v for k, v in hf_state.items()
+            if k.startswith(("yoso.", "embeddings.", "encoder."))}  # YosoModel's names lack "yoso."
+    ours, used, missing = _mapped(body, encoder.state_dict(), prefix="encoder.")
+    unknown = sorted(set(body) - used - set(_BUFFERS))
+    if missing or unknown:
+        raise ValueError("transformers' YOSO weights do not fit this encoder: "
                          + "; ".join(part for part in (_named("missing", missing), _named("unknown", unknown))
                                      if part))
     return ours

@@ -62,7 +62,9 @@ class TaskModule(pl.LightningModule):
         schedule: ``"linear"`` decay to 0, ``"cosine"``, ``"constant"`` (after the warm-up), or
             ``"onecycle"``: ``OneCycleLR`` as the LRA harness ran it (``src.models.schedules``).
         init_from: a checkpoint of another run whose ``encoder.*`` weights start this one
-            (e.g. MLM pre-training -> GLUE); ignored when resuming with ``--ckpt_path``.
+            (e.g. MLM pre-training -> GLUE), or a ``transformers`` YOSO folder (``save_pretrained``);
+            ignored when resuming with ``--ckpt_path``. Under ``train.py`` the encoder's architecture
+            comes from it too (``src.pretrained``).
         extend_positions_to: with ``init_from``, the encoder's ``max_length`` when it is longer
             than the checkpoint's: its learned position table is grown by repeating the trained
             rows (the first rows unchanged), e.g. an MLM run at 512 continued at 4096.
@@ -97,8 +99,10 @@ class TaskModule(pl.LightningModule):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0, got {adam_eps}")
-        if init_from is not None and not Path(init_from).is_file():
-            raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist")
+        if init_from is not None and not (Path(init_from).is_file()
+                                          or (Path(init_from) / "config.json").is_file()):
+            raise FileNotFoundError(f"init_from {init_from} is neither a checkpoint file nor a transformers "
+                                    "model folder (config.json + weights)")
         if extend_positions_to is not None:
             if init_from is None:
                 raise ValueError("extend_positions_to grows the position table of init_from's encoder: "
@@ -257,9 +261,12 @@ def scalar_params(params: Mapping | Namespace, prefix: str = "") -> dict[str, in
 
 def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
                          identity: Mapping[str, Any] | None = None, extend_positions: bool = False) -> None:
-    """Copy the ``encoder.*`` tensors of a Lightning checkpoint into ``encoder``.
+    """Copy the encoder weights of ``checkpoint_path`` into ``encoder``.
 
-    Loaded with ``weights_only=True`` (no code runs). Any missing, unexpected or
+    ``checkpoint_path``: a Lightning checkpoint (its ``encoder.*`` tensors), or a
+    ``transformers`` YOSO folder as ``save_pretrained`` writes it (its body's tensors, mapped
+    by ``src.interop.hf_yoso.convert_hf_encoder_state``; a task head there is left out).
+    Loaded with ``weights_only=True`` / safetensors (no code runs). Any missing, unexpected or
     differently shaped key is an error that names it, never a partial load. With the
     model's ``identity`` (``src.checkpoints.model_identity``), an encoder of another
     attention class or shape is warned about (both named): its weights may fit, but they
@@ -269,15 +276,11 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
     (``repeat_position_rows``) instead of being a shape error.
     """
     path = Path(checkpoint_path)
-    checkpoint, state = read_state_dict(path)
-    differences = identity_differences(checkpoint.get("hyper_parameters"), identity or {},
+    hyper_parameters, weights = _encoder_source(path, encoder)
+    differences = identity_differences(hyper_parameters, identity or {},
                                        ("encoder", "attention", *ENCODER_SHAPE))
     if differences:
         rank_zero_warn(f"init_from {path} was written by another encoder ({'; '.join(differences)})")
-    prefix = "encoder."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not weights:
-        raise ValueError(f"{path} holds no 'encoder.*' weights (keys start with: {sorted(state)[:5]})")
     if extend_positions:
         weights = _grown_positions(encoder, weights, path)
     problems = state_mismatches(encoder.state_dict(), weights)
@@ -287,6 +290,22 @@ def load_encoder_weights(encoder: nn.Module, checkpoint_path: str | Path,
             "build the encoder with the same dim/depth/heads/vocabulary as the run that saved it"
         )
     encoder.load_state_dict(weights)
+
+
+def _encoder_source(path: Path, encoder: nn.Module) -> tuple[Mapping | None, dict[str, torch.Tensor]]:
+    """``(hyper-parameters naming the source's encoder, its weights under the encoder's names)``."""
+    if path.is_dir():
+        # The transformers format lives a layer above the models (it builds them): imported here.
+        from src.interop import hf_yoso
+
+        config = hf_yoso.encoder_config(hf_yoso.load_hf_config(path))
+        return {"encoder": config}, hf_yoso.convert_hf_encoder_state(hf_yoso.read_hf_weights(path), encoder)
+    checkpoint, state = read_state_dict(path)
+    prefix = "encoder."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} holds no 'encoder.*' weights (keys start with: {sorted(state)[:5]})")
+    return checkpoint.get("hyper_parameters"), weights
 
 
 def _grown_positions(

@@ -4,6 +4,7 @@ A sentence (pair) becomes ``<s> A </s> [B </s>]`` with segment ids 0 for
 ``<s> A </s>`` and 1 for ``B </s>`` (the collator puts ``<s>``, the
 tokenizer's CLS, in front, so the classifier pools it). Pairs longer than
 ``max_length`` are cut longest-first, so both sentences keep their ``</s>``.
+An encoder of one segment (RoBERTa, ``transformers``' YOSO) gets no segment ids.
 
 Stages: ``fit`` trains on train and validates on dev; ``test`` evaluates on
 dev again (GLUE's test labels are private); ``predict`` runs the unlabeled
@@ -20,9 +21,11 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from src.data.base_datamodule import SplitArrays, TokenDataModule, pack_sequences
+from src.data.base_datamodule import PaddingCollator, SplitArrays, TokenDataModule, pack_sequences
 from src.data.glue.tasks import GLUE_HELP, GlueTask, get_task, read_split
 from src.data.tokenizer import TextTokenizer, TokenizerVocabulary
+
+DEFAULT_MAX_LENGTH = 512  # without init_from (train.py otherwise sets the pre-trained encoder's length)
 
 
 class GlueDataModule(TokenizerVocabulary, TokenDataModule):
@@ -35,10 +38,15 @@ class GlueDataModule(TokenizerVocabulary, TokenDataModule):
         task: ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``qqp``, ``mnli``, ``qnli``, ``rte`` or ``wnli``.
         data_dir: the ``glue_data`` folder holding the task folders (``CoLA/``, ``SST-2/``, ...).
         tokenizer: a ``tokenizer.json``; overrides the one stored in ``tokenizer_from``.
-        tokenizer_from: a checkpoint of this project holding its tokenizer. ``train.py`` fills it
-            from ``model.init_args.init_from``, so the pre-trained run is named once.
-        max_length: longest input ([CLS] and separators included); must not exceed the
-            pre-trained encoder's length.
+        tokenizer_from: a checkpoint of this project holding its tokenizer, or a ``transformers``
+            model folder with ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``. ``train.py``
+            fills it from ``model.init_args.init_from``, so the pre-trained model is named once.
+        max_length: longest input ([CLS] and separators included); the pre-trained encoder's
+            length (its position table is loaded too). None: ``train.py`` sets it from
+            ``init_from`` (``src.pretrained``); without ``init_from``, 512.
+        num_segments: segment embeddings of the encoder. 2 or more: sentence B gets segment id 1
+            (BERT); 1 or 0: batches carry no ``segment_ids`` (RoBERTa and ``transformers``' YOSO
+            have one segment). None: ``train.py`` sets the encoder's; used alone, 2.
         **kwargs: ``batch_size``, ``num_workers``, ``cache_dir`` (see ``TokenDataModule``); the
             tokenizer's CLS is always prepended, so ``prepend_cls`` is no option here.
     """
@@ -52,11 +60,16 @@ class GlueDataModule(TokenizerVocabulary, TokenDataModule):
         data_dir: str = "data/glue",
         tokenizer: str | None = None,
         tokenizer_from: str | None = None,
-        max_length: int = 512,
+        max_length: int | None = None,
+        num_segments: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.spec: GlueTask = get_task(task)
+        max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
         super().__init__(data_dir=data_dir, max_length=max_length, prepend_cls=True, **kwargs)
+        self.num_segments = 2 if num_segments is None else num_segments
+        if self.num_segments < 0:
+            raise ValueError(f"num_segments must be >= 0, got {num_segments}")
         if max_length < 4:
             raise ValueError(f"max_length must be >= 4 (<s>, a token, </s>, a token), got {max_length}")
         self.task = task.lower().replace("-", "")
@@ -73,6 +86,8 @@ class GlueDataModule(TokenizerVocabulary, TokenDataModule):
                                f"{checkpoint}; "
                                "make sure it is the one the checkpoint was trained with")
             return TextTokenizer.from_file(path)
+        if checkpoint and Path(checkpoint).is_dir():
+            return folder_tokenizer(Path(checkpoint))
         if checkpoint:
             return TextTokenizer.from_checkpoint(checkpoint)
         raise ValueError(
@@ -169,6 +184,11 @@ class GlueDataModule(TokenizerVocabulary, TokenDataModule):
         loaders = [self.loader(f"{prefix}{s}") for s in self.stage_suffixes]
         return loaders[0] if len(loaders) == 1 else loaders
 
+    def collator(self, split: str = "train") -> PaddingCollator | WithoutSegments:
+        """The base's padding; an encoder of one segment (or none) gets no ``segment_ids``."""
+        collate = super().collator(split)
+        return collate if self.num_segments >= 2 else WithoutSegments(collate)
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders("val")
 
@@ -177,6 +197,31 @@ class GlueDataModule(TokenizerVocabulary, TokenDataModule):
 
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         return self._loaders("predict")
+
+
+class WithoutSegments:
+    """A collator's batches without ``segment_ids`` (a top-level class: DataLoader workers pickle it)."""
+
+    def __init__(self, collate: PaddingCollator) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = self.collate(batch)
+        out.pop("segment_ids", None)
+        return out
+
+
+def folder_tokenizer(folder: Path) -> TextTokenizer:
+    """A ``transformers`` folder's tokenizer (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``)."""
+    from src.interop.hf_yoso import load_hf_tokenizer  # the transformers format: a layer above the data
+
+    tokenizer = load_hf_tokenizer(folder)
+    if tokenizer is None:
+        raise FileNotFoundError(
+            f"{folder} holds no tokenizer (tokenizer.json, or vocab.json + merges.txt); give the one the "
+            "model was trained with: --data.init_args.tokenizer <tokenizer.json>"
+        )
+    return TextTokenizer(tokenizer, str(folder))
 
 
 def truncate_longest_first(parts: list[list[int]], room: int) -> None:
