@@ -90,7 +90,7 @@ def test_hyperparameters_hold_every_argument_for_the_checkpoint():
     net = model()
     hparams = {k: v for k, v in net.hparams.items() if k != "encoder"}
     assert hparams == {"num_classes": 2, "pooling": "mean", "head_hidden": 24, "optimizer": "adam",
-                       "learning_rate": 1e-4, "weight_decay": 0.0, "warmup_steps": 1000,
+                       "learning_rate": 1e-4, "weight_decay": 0.0, "adam_eps": 1e-8, "warmup_steps": 1000,
                        "schedule": "linear", "init_from": None, "extend_positions_to": None}
     tuned = RetrievalClassifier(net.encoder, optimizer="adamw", learning_rate=3e-4, schedule="cosine")
     assert (tuned.hparams.optimizer, tuned.hparams.learning_rate, tuned.hparams.schedule) == \

@@ -49,10 +49,3 @@ class ByteSequences:
         np.cumsum(self._lengths, out=offsets[1:])
         return value_tokens(self._buffer), offsets
 
-
-def pack_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and offsets of equally long uint8 rows ``[N, L]`` (images as pixel sequences)."""
-    if rows.ndim != 2:
-        raise ValueError(f"expected rows of shape [N, L], got {rows.shape}")
-    count, length = rows.shape
-    return value_tokens(rows), np.arange(count + 1, dtype=np.int64) * length

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from src.data.lra.byte_tokens import ByteSequences, pack_rows, value_tokens
+from src.data.lra.byte_tokens import ByteSequences, value_tokens
 
 
 def test_every_byte_value_maps_to_value_plus_one():
@@ -15,11 +15,9 @@ def test_every_byte_value_maps_to_value_plus_one():
         value_tokens(np.arange(3, dtype=np.int32))
 
 
-def test_sequences_and_rows_pack_with_offsets():
+def test_sequences_pack_with_offsets():
     texts = ByteSequences()
     for text in (b"ab", b"", b"\xff"):
         texts.add(text)
     ids, offsets = texts.pack()
     assert (len(texts), ids.tolist(), offsets.tolist()) == (3, [98, 99, 256], [0, 2, 2, 3])
-    ids, offsets = pack_rows(np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint8))
-    assert ids.tolist() == [1, 2, 3, 4, 5, 6] and offsets.tolist() == [0, 3, 6]

@@ -75,7 +75,7 @@ def test_missing_data_and_unknown_difficulty_are_clear_errors(tmp_path):
         PathfinderDataModule(str(tmp_path), difficulty="curv_contour_length_20")
     write_pathfinder(tmp_path, difficulty="curv_baseline")
     dm = PathfinderDataModule(str(tmp_path / "pathfinder32"), difficulty="curv_contour_length_9",
-                              cache_dir=str(tmp_path / "c"))
+                              cache_dir=str(tmp_path / "c"), generate_if_missing=False)
     with pytest.raises(FileNotFoundError,
                        match=r"no metadata/\*\.npy in .*curv_contour_length_9.*lra_release\.gz"):
         dm.prepare_data()
