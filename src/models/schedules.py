@@ -73,7 +73,12 @@ def one_cycle(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> OneC
         raise ValueError(f"total_steps must be >= 1 (set trainer.max_steps), got {total_steps}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    warmup = min(warmup_steps, total_steps)  # a run shorter than its warm-up (a smoke test) only warms up
+    # OneCycleLR divides by each phase's length: the warm-up ends at least one step before the
+    # last (a run shorter than its warm-up, e.g. a smoke test, only warms up), and a warm-up of
+    # one step is none (its peak is step 0 either way).
+    warmup = min(warmup_steps, total_steps - 1)
+    if warmup == 1:
+        warmup = 0
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     return OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps,
                       pct_start=warmup / total_steps, anneal_strategy="linear")

@@ -357,3 +357,14 @@ def test_a_resumed_one_cycle_given_more_steps_continues_as_a_longer_run_would():
     lr_and_beta1(long_optimizer, long_scheduler, 20)
     expected = np.array(lr_and_beta1(long_optimizer, long_scheduler, 40))
     np.testing.assert_allclose(np.array(lr_and_beta1(optimizer, scheduler, 40)), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 7])
+@pytest.mark.parametrize("warmup", [0, 1, 2, 7, 10])
+def test_one_cycle_steps_to_the_end_for_any_warm_up(total, warmup):
+    """Lightning steps the scheduler after every optimizer step, the last one included."""
+    optimizer, scheduler = configured(total, warmup, optimizer="adamw", schedule="onecycle")
+    rates = [rate for rate, _ in lr_and_beta1(optimizer, scheduler, total)]
+    assert all(0 < rate <= 1e-4 * (1 + 1e-9) for rate in rates)
+    if total > 1:
+        assert rates[-1] < max(rates)  # it anneals
