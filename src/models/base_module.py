@@ -38,6 +38,7 @@ from src.models.schedules import (
     SCHEDULES,
     build_schedule,
     is_stretchable,
+    schedule_kind,
     scheduled_steps,
     stretch,
     upgrade_state,
@@ -237,6 +238,15 @@ class TaskModule(pl.LightningModule):
         reopen_unfinished_epoch(checkpoint)
         states = checkpoint.get("lr_schedulers")
         if states:
+            saved_kind = schedule_kind(states[0])
+            own_kind = "onecycle" if self.hparams.schedule == "onecycle" else "warmup"
+            if saved_kind is not None and saved_kind != own_kind:
+                saved = "OneCycleLR" if saved_kind == "onecycle" else "a warm-up-then-decay schedule"
+                hint = ("--model.init_args.schedule onecycle" if saved_kind == "onecycle" else
+                        "the schedule it was trained with (for an LRA config: compose "
+                        "configs/lra/variants/warmup_linear.yaml)")
+                raise ValueError(f"the checkpoint was trained with {saved}, but this run is configured with "
+                                 f"schedule={self.hparams.schedule!r}: resume it with {hint}")
             self._saved_schedule_steps = scheduled_steps(states[0])
             checkpoint["lr_schedulers"] = [upgrade_state(state) for state in states]
 

@@ -91,6 +91,15 @@ def build_schedule(optimizer: Optimizer, schedule: str, warmup_steps: int, total
     return warmup_then_decay(optimizer, warmup_steps, total_steps, schedule)
 
 
+def schedule_kind(state: dict[str, Any]) -> str | None:
+    """``onecycle`` or ``warmup`` (the warm-up-then-decay family) for a saved scheduler state."""
+    if "_schedule_phases" in state:
+        return "onecycle"
+    if "lr_lambdas" in state or "_schedulers" in state or "T_max" in state or "total_iters" in state:
+        return "warmup"
+    return None
+
+
 def scheduled_steps(state: dict[str, Any]) -> int | None:
     """The length a saved scheduler state was built for; None where it does not say.
 

@@ -368,3 +368,18 @@ def test_one_cycle_steps_to_the_end_for_any_warm_up(total, warmup):
     assert all(0 < rate <= 1e-4 * (1 + 1e-9) for rate in rates)
     if total > 1:
         assert rates[-1] < max(rates)  # it anneals
+
+
+def test_resuming_across_schedule_kinds_is_refused_with_the_fix():
+    """A warm-up-then-decay state loaded into OneCycleLR (or back) would silently corrupt the rates."""
+    _, linear = configured(20, 5, schedule="linear")
+    _, cycle = configured(20, 5, schedule="onecycle")
+    encoder = TransformerEncoder(12, 16, SoftmaxAttention, dim=8, depth=1, num_heads=1, head_dim=8, ffn_dim=8)
+    onecycle_model = SequenceClassifier(encoder, num_classes=3, schedule="onecycle")
+    with pytest.raises(ValueError, match="warm-up-then-decay .* configs/lra/variants/warmup_linear.yaml"):
+        onecycle_model.on_load_checkpoint({"lr_schedulers": [linear.state_dict()]})
+    linear_model = SequenceClassifier(onecycle_model.encoder, num_classes=3, schedule="linear")
+    with pytest.raises(ValueError, match="OneCycleLR.*--model.init_args.schedule onecycle"):
+        linear_model.on_load_checkpoint({"lr_schedulers": [cycle.state_dict()]})
+    onecycle_model.on_load_checkpoint({"lr_schedulers": [cycle.state_dict()]})  # the same kind loads
+    assert onecycle_model._saved_schedule_steps == 20
