@@ -10,6 +10,11 @@ Masking is dynamic (RoBERTa): each training batch draws a new mask from
 torch's RNG (seeded by Lightning's ``seed_everything``, so a run replays).
 Validation and test batches use a mask derived from their own tokens, so the
 monitored ``val/loss`` compares like with like between evaluations.
+
+The context-free baseline: ``unigram_log_probs`` is the training tokens' unigram
+distribution (add-one smoothed over the ids that can be targets). It is the best
+predictor that ignores the context; the MLM module scores it on the very masked
+positions it scores itself (``val/unigram_loss``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from src.data.tokenizer import KINDS, TextTokenizer, TokenizerVocabulary, train_
 
 IGNORE_INDEX = -100
 """Label of every position that is not a prediction target (cross-entropy's ignore_index)."""
+_COUNT_CHUNK = 1 << 24  # ids per bincount pass when counting a split
 
 
 def pack_blocks(documents: Iterable[Sequence[int]], block_length: int, cls_id: int,
@@ -76,12 +82,17 @@ def mask_tokens(
     replacement_ids: torch.Tensor,
     probability: float = 0.15,
     generator: torch.Generator | None = None,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: choose ``probability`` of the real, non-special tokens as targets; of those
-    80 % become ``mask_id``, 10 % a random id from ``replacement_ids``, 10 % stay.
+    ``mask_replace_prob`` (80 %) become ``mask_id``, ``random_replace_prob`` (10 %) a random id from
+    ``replacement_ids``, the rest (10 %) stay.
 
     Returns ``(masked_ids, labels)`` with ``labels = IGNORE_INDEX`` wherever nothing is predicted.
+    The same random numbers are drawn whatever the shares, so a seed gives the same targets.
     """
+    check_replacement(mask_replace_prob, random_replace_prob)
     special = torch.isin(input_ids, torch.as_tensor(list(special_ids), dtype=input_ids.dtype))
     candidates = attention_mask.bool() & ~special
 
@@ -90,12 +101,40 @@ def mask_tokens(
 
     chosen = candidates & draw(probability)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    to_mask = chosen & draw(0.8)
-    to_random = chosen & ~to_mask & draw(0.5)
+    to_mask = chosen & draw(mask_replace_prob)
+    rest = 1.0 - mask_replace_prob  # of the targets not masked, the random ones' share:
+    to_random = chosen & ~to_mask & draw(random_replace_prob / rest if rest > 0 else 0.0)
     picks = torch.randint(len(replacement_ids), input_ids.shape, generator=generator)
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     masked = torch.where(to_random, replacement_ids[picks].to(input_ids.dtype), masked)
     return masked, labels
+
+
+def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> None:
+    """The two shares of the targets must be probabilities that sum to at most 1."""
+    if not (0.0 <= mask_replace_prob <= 1.0 and 0.0 <= random_replace_prob <= 1.0
+            and mask_replace_prob + random_replace_prob <= 1.0 + 1e-9):
+        raise ValueError(f"mask_replace_prob ({mask_replace_prob}) and random_replace_prob "
+                         f"({random_replace_prob}) must be in [0, 1] with a sum <= 1 (BERT: 0.8 and 0.1)")
+
+
+def unigram_log_probs(counts: np.ndarray | torch.Tensor, special_ids: Sequence[int],
+                      smoothing: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of the smoothed unigram distribution of ``counts`` (one count per id).
+
+    ``p(t) = (c_t + smoothing) / (N + smoothing * V)`` over the ``V`` ids that are not special
+    (``N``: their total count); special ids, which are never prediction targets, get ``-inf``.
+    ``smoothing=1`` is add-one (Laplace): an id never seen in training still gets a finite loss.
+    """
+    if smoothing < 0:
+        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+    counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    targets = torch.ones_like(counts, dtype=torch.bool)
+    targets[[i for i in special_ids if i < len(counts)]] = False
+    weights = torch.where(targets, counts + smoothing, torch.zeros_like(counts))
+    if not weights.sum() > 0:
+        raise ValueError("no counts outside the special tokens, and no smoothing: the unigram is undefined")
+    return (weights / weights.sum()).log().float()
 
 
 class MLMCollator:
@@ -106,9 +145,13 @@ class MLMCollator:
     """
 
     def __init__(self, tokenizer: TextTokenizer, max_length: int, probability: float = 0.15,
-                 fixed: bool = False) -> None:
+                 fixed: bool = False, mask_replace_prob: float = 0.8,
+                 random_replace_prob: float = 0.1) -> None:
         if not 0.0 < probability < 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1), got {probability}")
+        check_replacement(mask_replace_prob, random_replace_prob)
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
         self.padding = PaddingCollator(max_length, tokenizer.pad_id, None, ("input_ids",))
         self.special_ids = tokenizer.special_ids
         self.mask_id = tokenizer.mask_id
@@ -125,7 +168,8 @@ class MLMCollator:
             generator = torch.Generator().manual_seed(seed)
         out["input_ids"], out["labels"] = mask_tokens(
             out["input_ids"], out["attention_mask"], self.special_ids, self.mask_id,
-            self.replacement_ids, self.probability, generator,
+            self.replacement_ids, self.probability, generator, self.mask_replace_prob,
+            self.random_replace_prob,
         )
         return out
 
@@ -145,6 +189,11 @@ class MLMDataModule(TokenizerVocabulary, TokenDataModule):
         text_column, hf_split: the column and split of an HF dataset.
         val_fraction, test_fraction: share of documents (by a hash of their text) held out.
         mlm_probability: share of tokens that are prediction targets (BERT: 0.15).
+        mask_replace_prob, random_replace_prob: shares of the targets shown as ``<mask>`` and as a
+            random token (BERT: 0.8 and 0.1; the rest are shown unchanged). Kept targets show their
+            answer: a model that copies its input beats the unigram baseline without any context
+            (by ~0.4 nats at 10 %), so a run that measures context use against ``val/unigram_loss``
+            masks every target (1.0 and 0.0, as ``configs/mlm/quickstart.yaml``).
         max_length: block length in tokens, ``<s>`` and ``</s>`` included.
         **kwargs: ``batch_size``, ``num_workers``, ``cache_dir`` (see ``TokenDataModule``); ``corpus``
             is the data source and blocks carry their own ``<s>``, so ``data_dir`` and
@@ -166,6 +215,8 @@ class MLMDataModule(TokenizerVocabulary, TokenDataModule):
         val_fraction: float = 0.02,
         test_fraction: float = 0.02,
         mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
         max_length: int = 512,
         **kwargs: Any,
     ) -> None:
@@ -181,9 +232,13 @@ class MLMDataModule(TokenizerVocabulary, TokenDataModule):
         super().__init__(data_dir=corpus, max_length=max_length, prepend_cls=False, **kwargs)
         self.corpus = corpus
         self.tokenizer_file = tokenizer
+        check_replacement(mask_replace_prob, random_replace_prob)
         self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
         self._tokenizer: TextTokenizer | None = None
         self._scratch: Path | None = None
+        self._counts: dict[str, np.ndarray] = {}
 
     # -- the tokenizer -------------------------------------------------------------------------
     @property
@@ -300,7 +355,31 @@ class MLMDataModule(TokenizerVocabulary, TokenDataModule):
                 shutil.rmtree(self._scratch, ignore_errors=True)
                 self._scratch = None
 
+    # -- the context-free baseline -------------------------------------------------------------
+    def token_counts(self, split: str = "train") -> np.ndarray:
+        """How often each id occurs in ``split``'s blocks (specials included), ``int64[vocab_size]``.
+
+        One pass over the memory-mapped ids (in chunks, so a corpus larger than memory is fine);
+        kept for the DataModule's lifetime. Loads the split if ``setup`` did not.
+        """
+        if split not in self._counts:
+            dataset = self.datasets[split] if split in self.datasets else self.load_split(split)
+            ids = dataset.arrays["input_ids"]
+            vocab = self.vocab_size
+            counts = np.zeros(vocab, dtype=np.int64)
+            for start in range(0, len(ids), _COUNT_CHUNK):
+                counts += np.bincount(np.asarray(ids[start : start + _COUNT_CHUNK]), minlength=vocab)
+            self._counts[split] = counts
+        return self._counts[split]
+
+    def unigram_log_probs(self, smoothing: float = 1.0) -> torch.Tensor:
+        """The best context-free predictor of a masked token: the training split's unigram
+        distribution over the ids that can be targets, add-``smoothing`` (``unigram_log_probs``)."""
+        return unigram_log_probs(self.token_counts("train"), self.tokenizer.special_ids, smoothing)
+
     # -- loaders -------------------------------------------------------------------------------
     def collator(self, split: str = "train") -> MLMCollator:  # type: ignore[override]
         """Fresh random masks for training; fixed ones elsewhere, so evaluation is comparable."""
-        return MLMCollator(self.tokenizer, self.max_length, self.mlm_probability, fixed=split != "train")
+        return MLMCollator(self.tokenizer, self.max_length, self.mlm_probability, fixed=split != "train",
+                           mask_replace_prob=self.mask_replace_prob,
+                           random_replace_prob=self.random_replace_prob)

@@ -1,12 +1,17 @@
-"""MLM data: packing boundaries, BERT masking statistics, and the DataModule on a small corpus."""
+"""MLM data: packing boundaries, BERT masking statistics, the DataModule on a small corpus, and its
+unigram baseline."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
 from src.data.mlm.mlm_datamodule import IGNORE_INDEX, MLMDataModule, mask_tokens, pack_blocks
+from src.models.components.attention import SoftmaxAttention
+from src.models.components.encoder import TransformerEncoder
+from src.models.mlm_module import MaskedLanguageModel
 
 CLS, SEP, PAD, MASK, UNK = 0, 1, 2, 3, 4
 SPECIAL = (CLS, SEP, PAD, MASK, UNK)
@@ -79,6 +84,31 @@ def test_masks_come_from_torch_rng_so_a_seeded_run_replays():
     assert not torch.equal(first[1], second[1])  # dynamic: a new mask every batch
 
 
+
+def test_replacement_shares_change_what_targets_show_not_which_are_targets():
+    ids, mask = _batch(rows=64, seed=5)
+    replacement = torch.arange(5, 1000)
+    torch.manual_seed(3)
+    bert = mask_tokens(ids, mask, SPECIAL, MASK, replacement)
+    torch.manual_seed(3)
+    only_mask = mask_tokens(ids, mask, SPECIAL, MASK, replacement, mask_replace_prob=1.0,
+                            random_replace_prob=0.0)
+    assert torch.equal(bert[1], only_mask[1])  # the same targets for the same seed
+    chosen = only_mask[1] != IGNORE_INDEX
+    assert (only_mask[0][chosen] == MASK).all() and torch.equal(only_mask[0][~chosen], ids[~chosen])
+    torch.manual_seed(3)
+    explicit = mask_tokens(ids, mask, SPECIAL, MASK, replacement, mask_replace_prob=0.8,
+                           random_replace_prob=0.1)
+    assert torch.equal(bert[0], explicit[0])  # the defaults are BERT's 80/10/10, draw for draw
+    torch.manual_seed(3)
+    kept = mask_tokens(ids, mask, SPECIAL, MASK, replacement, mask_replace_prob=0.0, random_replace_prob=0.0)
+    assert torch.equal(kept[0], ids)
+    for shares in ((0.9, 0.2), (-0.1, 0.0), (1.2, 0.0)):
+        with pytest.raises(ValueError, match="sum <= 1"):
+            mask_tokens(ids, mask, SPECIAL, MASK, replacement, mask_replace_prob=shares[0],
+                        random_replace_prob=shares[1])
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlm")
@@ -126,9 +156,47 @@ def test_evaluation_masks_are_fixed_training_masks_are_not(corpus):
     first, again = fixed(val), fixed(val)
     assert (torch.equal(first["input_ids"], again["input_ids"])
             and torch.equal(first["labels"], again["labels"]))
+    only_mask = make_data(corpus, mask_replace_prob=1.0, random_replace_prob=0.0).collator("val")(val)
+    assert torch.equal(only_mask["labels"], first["labels"])
+    shown = only_mask["input_ids"][only_mask["labels"] != IGNORE_INDEX]
+    assert (shown == data.tokenizer.mask_id).all()
     train = data.collator("train")
     torch.manual_seed(0)
     a = train(val)
     b = train(val)
     assert not torch.equal(a["labels"], b["labels"])
     assert set(a) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_unigram_baseline_counts_the_training_blocks_and_scores_the_fixed_val_masks(corpus):
+    data = make_data(corpus)
+    data.prepare_data()
+    data.setup("fit")
+    train = data.dataset("train")
+    ids = np.concatenate([np.asarray(train[i]["input_ids"]) for i in range(len(train))])
+    vocab, special = data.vocab_size, list(data.tokenizer.special_ids)
+    assert np.array_equal(data.token_counts(), np.bincount(ids, minlength=vocab))
+    counts = np.bincount(ids, minlength=vocab)
+    counts[special] = 0
+    expected = np.log((counts + 1) / (counts.sum() + vocab - len(special)))  # add-one over the target ids
+    log_probs = data.unigram_log_probs().numpy()
+    targets_only = np.ones(vocab, dtype=bool)
+    targets_only[special] = False
+    assert np.allclose(log_probs[targets_only], expected[targets_only], atol=1e-6)
+    assert np.isinf(log_probs[special]).all()
+
+    # In a run: a validation-only Trainer (the DataModule loads train itself to count it) logs the
+    # unigram's cross-entropy at exactly the positions the fixed validation masks chose.
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(vocab, 16, SoftmaxAttention, dim=8, depth=1, num_heads=2, head_dim=4,
+                                 ffn_dim=16, padding_id=data.pad_id)
+    model = MaskedLanguageModel(encoder, warmup_steps=0)
+    fresh = make_data(corpus)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(model, datamodule=fresh, verbose=False)[0]
+    targets = torch.cat([b["labels"][b["labels"] != IGNORE_INDEX] for b in fresh.val_dataloader()])
+    assert targets.numel() > 20
+    unigram = float(-torch.from_numpy(expected)[targets].mean())
+    assert logged["val/unigram_loss"] == pytest.approx(unigram, rel=1e-5)
+    assert logged["val/unigram_gap"] == pytest.approx(unigram - logged["val/loss"], rel=1e-4, abs=1e-5)
