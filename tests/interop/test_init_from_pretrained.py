@@ -73,7 +73,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     folder = tmp / "yoso-hf"
     make_hf_folder(folder)
     (tmp / "mlm").mkdir()
-    checkpoint = tmp / "mlm" / "logs" / "mlm_quickstart" / "yoso_16" / "version_0" / "checkpoints"
+    checkpoint = tmp / "mlm" / "logs" / "mlm_quickstart" / "yoso_c_16" / "version_0" / "checkpoints"
     checkpoint /= "last.ckpt"
     cases = {
         "mlm": ["--config", str(ROOT / "configs" / "mlm" / "quickstart.yaml"), *mlm_overrides(tmp / "mlm")],
