@@ -59,7 +59,9 @@ class GlueClassifier(TaskModule):
     """Encoder -> pooled [CLS] -> Linear -> ReLU -> Linear: class logits, or one score for STS-B.
 
     Args:
-        encoder: the shared ``TransformerEncoder`` with ``num_segments: 2`` (sentence pairs).
+        encoder: the shared ``TransformerEncoder``; left out when ``init_from`` gives it (the
+            source's architecture, segments included: 2 from configs/glue/encoders/small.yaml,
+            1 from ``uw-madison/yoso-4096``, whose inputs then carry no segment ids).
         task: the GLUE task (linked from the DataModule by ``train.py``).
         num_classes: outputs (linked: classes, 1 for STS-B).
         pooling: ``cls`` (linked: the data prepends the tokenizer's ``<s>``/``[CLS]``).

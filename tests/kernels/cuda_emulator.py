@@ -7,10 +7,10 @@ ctypes, so the kernels' own index arithmetic, tails, chunking, sorting and
 masks are checked against ``reference.py`` without a GPU. The plain build runs
 blocks one after the other (threads of a synchronising kernel as real threads
 around a barrier): fast, for results. The ThreadSanitizer build (``tsan=True``,
-run under ``LD_PRELOAD`` of libtsan, see ``run_under_tsan``) runs every thread
+run under ``LD_PRELOAD`` of libtsan, see ``run_under_sanitizer("tsan")``) runs every thread
 of several far-apart blocks at once, so a missing atomic or barrier is a data
 race that TSan reports. The AddressSanitizer build (``asan=True``, run under
-``run_under_asan``) reports any out-of-bounds access to a tensor or to a block's
+``run_under_sanitizer("asan")``) reports any out-of-bounds access to a tensor or to a block's
 shared memory, which the emulator allocates at exactly the requested size. A
 build with ``max_blocks`` caps every grid, so grid-stride loops run several
 rounds. Every launch's dynamic shared memory is checked against its kernel's
@@ -298,8 +298,8 @@ def build_emulation(
 ) -> ctypes.CDLL:
     """Translate, compile and load the kernels (``source``: the .cu text, default the real file).
 
-    ``tsan``: ThreadSanitizer build, blocks run concurrently (load it under ``run_under_tsan``).
-    ``asan``: AddressSanitizer build (load it under ``run_under_asan``): an out-of-bounds read or
+    ``tsan``: ThreadSanitizer build, blocks run concurrently (load it under ``run_under_sanitizer("tsan")``).
+    ``asan``: AddressSanitizer build (load it under ``run_under_sanitizer("asan")``): an out-of-bounds read or
     write of a tensor or of a block's shared memory aborts with a report.
     ``max_blocks``: cap on every grid (``YOSO_MAX_BLOCKS``), so that grid-stride loops run
     several rounds.
@@ -527,7 +527,7 @@ def check_emulated_backward(ops: EmulatedOps) -> int:
 
 def check_emulate(asan: bool = False) -> None:
     """Every launcher against the reference (``asan``: on the AddressSanitizer build, which
-    must then run in a process that preloads libasan, see ``run_under_asan``)."""
+    must then run in a process that preloads libasan, see ``run_under_sanitizer("asan")``)."""
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -758,17 +758,6 @@ def run_case(lib: ctypes.CDLL) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def run_under_tsan(mutation: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Build the ThreadSanitizer emulation (optionally of a mutated source) and run the race
-    case in a child process with libtsan preloaded; exit code TSAN_EXIT_CODE on a data race."""
-    env = dict(os.environ, LD_PRELOAD=_sanitizer_runtime("tsan"), OMP_NUM_THREADS="1",
-               TSAN_OPTIONS=f"halt_on_error=1 exitcode={TSAN_EXIT_CODE} report_signal_unsafe=0")
-    cmd = [sys.executable, "-m", "tests.kernels.cuda_emulator", "--tsan"]
-    if mutation:
-        cmd += ["--mutate", mutation]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def _sanitizer_runtime(name: str) -> str:
     """Path of gcc's lib<name>.so (for LD_PRELOAD); "" when gcc does not have it."""
     found = subprocess.run(["gcc", f"-print-file-name=lib{name}.so"], capture_output=True, text=True)
@@ -780,14 +769,24 @@ def has_sanitizer(name: str) -> bool:
     return bool(_sanitizer_runtime(name))
 
 
-def run_under_asan(mutation: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Build the AddressSanitizer emulation (optionally of a mutated source) and run every check
-    of ``check_emulate`` in a child process with libasan preloaded (ASan must come first);
-    exit code ASAN_EXIT_CODE on an out-of-bounds access. A mutated source runs the race case
-    only (every launcher once), which is where the mutation's out-of-bounds access happens."""
-    env = dict(os.environ, LD_PRELOAD=_sanitizer_runtime("asan"), OMP_NUM_THREADS="1",
-               ASAN_OPTIONS=f"detect_leaks=0:halt_on_error=1:exitcode={ASAN_EXIT_CODE}")
-    cmd = [sys.executable, "-m", "tests.kernels.cuda_emulator", "--asan"]
+SANITIZER_OPTIONS = {
+    "tsan": ("TSAN_OPTIONS", f"halt_on_error=1 exitcode={TSAN_EXIT_CODE} report_signal_unsafe=0"),
+    "asan": ("ASAN_OPTIONS", f"detect_leaks=0:halt_on_error=1:exitcode={ASAN_EXIT_CODE}"),
+}
+
+
+def run_under_sanitizer(name: str, mutation: str | None = None,
+                        timeout: float = 600) -> subprocess.CompletedProcess:
+    """Build the ``name`` (``tsan`` or ``asan``) emulation, optionally of a mutated source, and run
+    it in a child process with the sanitizer's runtime preloaded (it must come first).
+
+    ``tsan`` runs the race case (exit TSAN_EXIT_CODE on a data race); ``asan`` runs every check of
+    ``check_emulate`` (exit ASAN_EXIT_CODE on an out-of-bounds access), or with a mutation the race
+    case only (every launcher once), which is where the mutation's out-of-bounds access happens."""
+    options_var, options = SANITIZER_OPTIONS[name]
+    env = dict(os.environ, LD_PRELOAD=_sanitizer_runtime(name), OMP_NUM_THREADS="1",
+               **{options_var: options})
+    cmd = [sys.executable, "-m", "tests.kernels.cuda_emulator", f"--{name}"]
     if mutation:
         cmd += ["--mutate", mutation]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -795,7 +794,7 @@ def run_under_asan(mutation: str | None = None, timeout: float = 600) -> subproc
 
 def check_asan() -> None:
     """``check_emulate`` on the AddressSanitizer build (a child process); raises on a report."""
-    done = run_under_asan()
+    done = run_under_sanitizer("asan")
     sys.stdout.write(done.stdout)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-6000:])
@@ -808,7 +807,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="run the emulated kernels (see module docstring)")
     parser.add_argument("--tsan", action="store_true", help="ThreadSanitizer build, race case only")
     parser.add_argument("--asan", action="store_true", help="AddressSanitizer build (run it "
-                        "through run_under_asan: libasan must be preloaded)")
+                        "through run_under_sanitizer('asan'): libasan must be preloaded)")
     parser.add_argument("--mutate", choices=sorted(MUTATIONS), default=None)
     args = parser.parse_args()
     if args.asan:

@@ -115,7 +115,7 @@ def test_fast_hash_launch_fails_without_its_opt_in():
 def test_out_of_bounds_accesses_are_caught(mutation):
     """Every emulated check runs clean under AddressSanitizer; with the packing kernel's tail
     clamp removed (it reads and writes past its tensors), ASan reports the overflow."""
-    done = cuda_emulator.run_under_asan(mutation)
+    done = cuda_emulator.run_under_sanitizer("asan", mutation)
     if mutation is None:
         assert done.returncode == 0, done.stderr[-3000:]
     else:
@@ -129,7 +129,7 @@ def test_races_are_caught(mutation):
     """The kernels as written run race-free; with one atomicAdd made a plain `+=`, the
     barrier between writing and reading the shared S tile removed, or the one between two
     slabs of staged G and V rows, TSan reports a race."""
-    done = cuda_emulator.run_under_tsan(mutation)
+    done = cuda_emulator.run_under_sanitizer("tsan", mutation)
     if mutation is None:
         assert done.returncode == 0, done.stderr[-3000:]
     else:
