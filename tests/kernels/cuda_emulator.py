@@ -21,6 +21,7 @@ Used by tests/kernels/test_cuda_emulation.py and ``scripts/check_cuda_build.py e
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -81,9 +82,11 @@ inline thread_local float* shared_mem = nullptr;
 inline cudaError_t last_error = cudaSuccess;
 // Dynamic shared memory: 48 KiB per block unless the kernel opted in to more with
 // cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-// at most the device's opt-in limit (an H100's 227 KiB).
+// at most the device's opt-in limit (an H100's 227 KiB unless a test set another
+// with emu_set_device_smem_optin).
 constexpr size_t kDefaultSmemLimit = 48 * 1024;
-constexpr int kDeviceSmemOptin = 227 * 1024;
+constexpr int kH100SmemOptin = 227 * 1024;
+inline int device_smem_optin = kH100SmemOptin;
 inline std::map<const void*, size_t> smem_optin;
 // Every launch, for the tests (name, grid, block, dynamic shared memory, status).
 struct LaunchRecord {
@@ -119,6 +122,9 @@ int64_t emu_launch_grid(int64_t i) { return emu::launches[i].grid; }
 int64_t emu_launch_smem(int64_t i) { return static_cast<int64_t>(emu::launches[i].smem); }
 int emu_launch_status(int64_t i) { return emu::launches[i].status; }
 void emu_clear_launches() { emu::launches.clear(); }
+// The device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin) that the
+// launchers see from now on.
+void emu_set_device_smem_optin(int bytes) { emu::device_smem_optin = bytes; }
 }
 #define threadIdx (emu::thread_idx)
 #define blockIdx (emu::block_idx)
@@ -142,12 +148,12 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
 }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) {
-  *v = emu::kDeviceSmemOptin;
+  *v = emu::device_smem_optin;
   return cudaSuccess;
 }
 template <class F>
 cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute, int bytes) {
-  if (bytes < 0 || bytes > emu::kDeviceSmemOptin) return cudaErrorInvalidValue;
+  if (bytes < 0 || bytes > emu::device_smem_optin) return cudaErrorInvalidValue;
   emu::smem_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(bytes);
   return cudaSuccess;
 }
@@ -353,6 +359,7 @@ def build_emulation(
         "emu_launch_smem": ([i64], i64),
         "emu_launch_status": ([i64], i32),
         "emu_clear_launches": ([], None),
+        "emu_set_device_smem_optin": ([i32], None),
     }
     for name, (argtypes, restype) in signatures.items():
         if hasattr(lib, name):  # a test source need not define the launchers
@@ -432,10 +439,12 @@ class EmulatedOps:
         return codes
 
     def _workspace(self, bh, m, dv, tau):
+        """The cumulation's workspace; None (a null pointer, as the binding's empty tensor
+        gives) when the launcher needs none (shared-memory tables)."""
         import torch
 
         size = self.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, dv, tau)
-        return torch.empty(max(1, size // 4), dtype=torch.float32)
+        return torch.empty(size // 4, dtype=torch.float32) if size else None
 
     def lsh_cumulation(self, qm, qc, km, kc, value, tau):
         import torch
@@ -455,7 +464,7 @@ class EmulatedOps:
                 self._ptr(kc),
                 self._ptr(value),
                 self._ptr(out),
-                self._ptr(ws),
+                None if ws is None else self._ptr(ws),
                 bh,
                 nq,
                 nk,
@@ -597,9 +606,74 @@ def check_emulate(asan: bool = False) -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
             checked += 1
         checked += check_emulated_backward(ops)
+        checked += check_shared_cumulation(ops)
         checked += check_sign_packing(ops)
         checked += check_large_shared_memory(ops)
         print(f"emulate: {checked} cases match the reference")
+
+
+# The device's opt-in limit of dynamic shared memory per block that the emulator reports by default.
+H100_SMEM_OPTIN = 227 * 1024
+
+
+@contextlib.contextmanager
+def device_smem_optin(lib: ctypes.CDLL, limit: int):
+    """Within the block, the emulated device's opt-in limit of dynamic shared memory is ``limit``."""
+    lib.emu_set_device_smem_optin(limit)
+    try:
+        yield
+    finally:
+        lib.emu_set_device_smem_optin(H100_SMEM_OPTIN)
+
+
+def check_shared_cumulation(ops: EmulatedOps) -> int:
+    """The forward cumulation's two paths against the reference, and the launcher's choice between
+    them: shared-memory tables (several hashes per block, all hashes in one block, column slices)
+    and the global tables where not even min(dv, 8) columns of one hash's table fit; also on
+    devices with less shared memory than an H100."""
+    import torch
+
+    from src.kernels import reference as ref
+
+    gen = torch.Generator().manual_seed(5)
+    kib = 1024
+    cases = [  # (device limit, bh, nq, nk, dv, m, tau, (blocks, shared bytes) or None: global tables)
+        (H100_SMEM_OPTIN, 2, 37, 45, 64, 5, 8, (4, 3 * 256 * 64 * 4)),  # groups of 3 and 2 hashes
+        (H100_SMEM_OPTIN, 2, 33, 40, 7, 16, 8, (2, 16 * 256 * 7 * 4)),  # one group: plain stores
+        (H100_SMEM_OPTIN, 1, 70, 60, 64, 3, 12, (15, 4096 * 13 * 4)),  # 5 slices of <= 13 columns
+        (H100_SMEM_OPTIN, 1, 9, 11, 3, 2, 14, (2, 16384 * 3 * 4)),  # dv 3 < 8: all 3 columns fit
+        (H100_SMEM_OPTIN, 2, 20, 30, 16, 2, 13, None),  # 7 columns fit, fewer than 8
+        (H100_SMEM_OPTIN, 1, 9, 11, 5, 2, 14, None),  # 3 of 5 columns fit
+        (16 * kib, 2, 40, 50, 64, 6, 5, (6, 2 * 32 * 64 * 4)),  # 3 groups of 2 hashes
+        (16 * kib, 2, 40, 50, 200, 3, 5, (12, 32 * 100 * 4)),  # 2 slices of 100 columns
+        (512, 2, 40, 50, 20, 3, 5, None),  # 4 columns fit: global tables
+    ]
+    for limit, bh, nq, nk, dv, m, tau, expected in cases:
+        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
+        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
+        qc[torch.rand(qc.shape, generator=gen) < 0.4] = 1  # full buckets: many keys per table row
+        kc[torch.rand(kc.shape, generator=gen) < 0.4] = 1
+        qm = torch.rand(bh, nq, generator=gen) > 0.2
+        km = torch.rand(bh, nk, generator=gen) > 0.2
+        if bh > 1:
+            km[0] = False  # an all-padding head
+        v = torch.randn(bh, nk, dv, generator=gen)
+        with device_smem_optin(ops.lib, limit):
+            workspace = ops.lib.yoso_lsh_cumulation_workspace_bytes(bh, m, dv, tau)
+            ops.lib.emu_clear_launches()
+            got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)
+        want = ref.lsh_cumulation(qm, qc, km, kc, v, tau)
+        bound = ref.lsh_cumulation(qm, qc, km, kc, v.abs(), tau)
+        where = f"limit {limit}, bh {bh}, dv {dv}, m {m}, tau {tau}"
+        assert bool(((got - want).abs() <= 1e-5 * bound + 1e-7).all()), f"cumulation differs ({where})"
+        log = launch_log(ops.lib)
+        if expected is None:
+            assert workspace > 0, where
+            assert {name for name, *_ in log} == {"scatter_kernel", "gather_kernel"}, (where, log)
+        else:
+            assert workspace == 0, where
+            assert log == [("shared_cumulation_kernel", *expected, 0)], (where, log)
+    return len(cases)
 
 
 def check_sign_packing(ops: EmulatedOps) -> int:
@@ -658,7 +732,8 @@ def check_small_grid() -> None:
         ops = EmulatedOps(build_emulation(Path(tmp), max_blocks=SMALL_GRID_BLOCKS))
         gen = torch.Generator().manual_seed(4)
         # 600 code rows x 3 hashes > 2 x 256; 4 x 700 fast-hash vectors > 2 tiles of 64;
-        # bh x hashes x n > 512 for counting and placing; > 2 (head, hash) units.
+        # bh x hashes x n > 512 for counting and placing; > 2 (head, hash) units; 3 heads > 2
+        # blocks of shared-memory tables.
         bh, nq, nk, d, dv, m, tau = 3, 200, 240, 32, 20, 3, 5
         q = torch.nn.functional.normalize(torch.randn(bh, nq, d, generator=gen), dim=-1)
         k = torch.nn.functional.normalize(torch.randn(bh, nk, d, generator=gen), dim=-1)
@@ -671,8 +746,12 @@ def check_small_grid() -> None:
         qc, kc = ops.hash_fast(q, signs, m, tau), ops.hash_fast(k, signs, m, tau)
         assert torch.equal(qc, ref.hash_fast(q, signs, m, tau))
         assert torch.equal(kc, ref.hash_fast(k, signs, m, tau))
-        got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)
-        torch.testing.assert_close(got, ref.lsh_cumulation(qm, qc, km, kc, v, tau), rtol=1e-5, atol=1e-6)
+        want = ref.lsh_cumulation(qm, qc, km, kc, v, tau)
+        got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)  # shared-memory tables
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        with device_smem_optin(ops.lib, 512):  # 4 columns of a table fit: the global tables
+            got = ops.lsh_cumulation(qm, qc, km, kc, v, tau)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
         want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
         for a, b in zip(got, want):
@@ -697,6 +776,9 @@ MUTATIONS = {
     # No barrier between the S tiles' slabs: the next slab overwrites rows still being read.
     "slab_barrier": ("            __syncthreads();  // the slabs are overwritten next\n",
                      "            // (barrier removed)\n"),
+    # No barrier between the shared-memory tables' scatter and the queries' reads of them.
+    "table_barrier": ("    __syncthreads();  // the tables are complete before any query reads them\n",
+                      "    // (barrier removed)\n"),
     # The fast hash no longer opts in to its 64 KiB of shared memory: its launch must fail.
     "optin": (
         "err = cudaFuncSetAttribute(hash_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,\n"
@@ -743,7 +825,9 @@ def race_case() -> None:
 
 
 def run_case(lib: ctypes.CDLL) -> None:
-    """Every launcher once on the race case (results checked loosely: races are the point)."""
+    """Every launcher once on the race case, the cumulation on each of its paths (shared tables
+    in one block, in one block per hash, global tables); results checked loosely: races are the
+    point."""
     import torch
 
     ops = EmulatedOps(lib)
@@ -751,7 +835,15 @@ def run_case(lib: ctypes.CDLL) -> None:
     x = torch.nn.functional.normalize(q, dim=-1)
     ops.hash_gaussian(x, torch.randn(1, 32, 2 * tau), tau)
     ops.hash_fast(x, torch.ones(1, 3, 1, 32), 2, tau)
-    ops.lsh_cumulation(qm, qc, km, kc, v, tau)
+    want = ref.lsh_cumulation(qm, qc, km, kc, v, tau)
+    outs = [ops.lsh_cumulation(qm, qc, km, kc, v, tau)]  # shared-memory tables, one block
+    # 100 columns of a table fit: a block per hash, both add into the output at once.
+    with device_smem_optin(lib, 100 * 4 << tau):
+        outs.append(ops.lsh_cumulation(qm, qc, km, kc, v, tau))
+    with device_smem_optin(lib, 16):  # nothing fits: the global tables
+        outs.append(ops.lsh_cumulation(qm, qc, km, kc, v, tau))
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
     got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
     want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
     for a, b in zip(got, want):

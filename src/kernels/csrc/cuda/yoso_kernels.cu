@@ -5,7 +5,10 @@
 // - Every kernel walks a flat index space with a grid-stride loop over int64
 //   indices and every grid is a ceil-division capped at kMaxBlocks, so any
 //   length and any head dim (1, 24, 100, ...) is covered, tails included.
-// - Hash tables live in a caller-provided global workspace of at most
+// - The forward cumulation's hash tables live in shared memory when they fit
+//   (shared_cumulation_kernel: a block owns one head, a group of hashes and a
+//   slice of value columns; see choose_shared_plan for the rule). Otherwise
+//   they live in a caller-provided global workspace of at most
 //   YOSO_TABLE_BUDGET_BYTES; keys are scattered into them with float32
 //   atomicAdd and queries gather their bucket. Problems whose tables exceed
 //   the budget are processed in chunks of columns, hashes and heads (in that
@@ -239,6 +242,176 @@ __global__ void gather_kernel(const bool* __restrict__ query_mask,
   }
 }
 
+// ---------------------------------------------------------------------------
+// Cumulation with the tables in shared memory. A block owns one unit: a head b,
+// a group of `group` hashes h0.. and a slice of `slice` value columns c0..; its
+// tables, [group][2**tau][slice] floats, are its dynamic shared memory. It
+// zeroes them, scatters the head's unmasked keys into them with shared-memory
+// atomics, waits for the whole block, then each (query, column) sums its rows
+// across the group's hashes and writes the output once:
+// - one group (every hash in one block): a plain store of sum * inv_m, the same
+//   arithmetic as gather_kernel, and masked queries get 0;
+// - several groups: one global atomicAdd of (group's sum) * inv_m into an
+//   output the launcher zeroed; masked queries are left at 0.
+// Codes outside [0, 2**tau) collide with nothing.
+// ---------------------------------------------------------------------------
+constexpr int kSharedCumulationThreads = 512;
+// Narrowest column slice the shared path accepts (unless dv is smaller). Each
+// slice reads the codes again; below 8 columns a code read serves fewer than 8
+// table updates, and the cost model (docs/kernels.md) no longer predicts a gain
+// over the global tables.
+constexpr int64_t kMinSliceColumns = 8;
+// Dynamic shared memory a kernel may use without cudaFuncSetAttribute.
+constexpr int64_t kDefaultDynamicSharedBytes = 48 * 1024;
+
+__global__ void shared_cumulation_kernel(const bool* __restrict__ query_mask,
+                                         const int32_t* __restrict__ query_codes,
+                                         const bool* __restrict__ key_mask,
+                                         const int32_t* __restrict__ key_codes,
+                                         const float* __restrict__ value, float* __restrict__ out,
+                                         int64_t bh, int64_t nq, int64_t nk, int64_t m,
+                                         int64_t dv, int tau, int64_t group, int64_t slice,
+                                         float inv_m) {
+  extern __shared__ float tables[];
+  const int64_t groups = (m + group - 1) / group;
+  const int64_t slices = (dv + slice - 1) / slice;
+  const int64_t units = bh * groups * slices;
+  const bool single = groups == 1;  // each output element has one writer: plain stores
+  const uint32_t buckets = uint32_t{1} << tau;
+  const int64_t tid = threadIdx.x;
+  const int64_t nt = blockDim.x;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    const int64_t s = unit % slices;
+    const int64_t g = (unit / slices) % groups;
+    const int64_t b = unit / (slices * groups);
+    const int64_t c0 = s * slice;
+    const int64_t nc = clamp64(dv - c0, 0, slice);
+    const int64_t h0 = g * group;
+    const int64_t nh = clamp64(m - h0, 0, group);
+    const int64_t elems = (nh * nc) << tau;  // tables of this unit: [nh][2**tau][nc]
+    for (int64_t e = tid; e < elems; e += nt) tables[e] = 0.0f;
+    __syncthreads();  // zeroed before any key is added
+    // Consecutive lanes take consecutive columns of one key: coalesced value reads,
+    // and its codes are one broadcast load per hash.
+    for (int64_t e = tid; e < nk * nc; e += nt) {
+      const int64_t j = e / nc;
+      const int64_t c = e - j * nc;
+      const int64_t key = b * nk + j;
+      if (!key_mask[key]) continue;
+      const float v = value[key * dv + c0 + c];
+      const int32_t* kc = key_codes + key * m + h0;
+      for (int64_t h = 0; h < nh; ++h) {
+        const uint32_t code = static_cast<uint32_t>(kc[h]);
+        if (code >= buckets) continue;
+        atomicAdd(&tables[((h << tau) + code) * nc + c], v);
+      }
+    }
+    __syncthreads();  // the tables are complete before any query reads them
+    for (int64_t e = tid; e < nq * nc; e += nt) {
+      const int64_t i = e / nc;
+      const int64_t c = e - i * nc;
+      const int64_t query = b * nq + i;
+      float* o = out + query * dv + c0 + c;
+      if (!query_mask[query]) {
+        if (single) *o = 0.0f;
+        continue;
+      }
+      const int32_t* qc = query_codes + query * m + h0;
+      float acc = 0.0f;
+      for (int64_t h = 0; h < nh; ++h) {
+        const uint32_t code = static_cast<uint32_t>(qc[h]);
+        if (code >= buckets) continue;
+        acc += tables[((h << tau) + code) * nc + c];
+      }
+      if (single) {
+        *o = acc * inv_m;
+      } else {
+        atomicAdd(o, acc * inv_m);
+      }
+    }
+    __syncthreads();  // every query has read the tables before the next unit zeroes them
+  }
+}
+
+// Which cumulation path runs, and the shared path's shape. The rule, for a
+// device whose blocks may opt in to `limit_bytes` of dynamic shared memory
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KiB on an H100):
+// 1. one hash's full table (2**tau x dv floats) fits: shared path, every slice
+//    is all dv columns, and a group holds as many hashes as fit (at most m);
+// 2. else a slice of at least min(dv, kMinSliceColumns) columns of one hash's
+//    table fits: shared path, one hash per group, the widest slices that fit;
+// 3. else (tau 13 and above at dv >= 8 on an H100): the global tables.
+// Groups and slices are balanced: ceil(m / most) groups of ceil(m / groups)
+// hashes, and likewise for the columns.
+struct SharedPlan {
+  bool use;
+  int64_t group, slice, groups, slices;
+  size_t bytes;        // dynamic shared memory per block
+  int64_t limit_bytes; // the device's opt-in limit
+};
+
+SharedPlan choose_shared_plan(int64_t m, int64_t dv, int tau, int64_t limit_bytes) {
+  SharedPlan plan{false, 0, 0, 0, 0, 0, limit_bytes};
+  const int64_t fit_columns = (limit_bytes / static_cast<int64_t>(sizeof(float))) >> tau;
+  const int64_t min_slice = dv < kMinSliceColumns ? dv : kMinSliceColumns;
+  if (m < 1 || dv < 1 || fit_columns < min_slice) return plan;
+  int64_t most_hashes = 1;
+  int64_t most_columns = dv;
+  if (fit_columns >= dv) {
+    most_hashes = clamp64(fit_columns / dv, 1, m);
+  } else {
+    most_columns = fit_columns;
+  }
+  plan.groups = (m + most_hashes - 1) / most_hashes;
+  plan.group = (m + plan.groups - 1) / plan.groups;
+  plan.groups = (m + plan.group - 1) / plan.group;
+  plan.slices = (dv + most_columns - 1) / most_columns;
+  plan.slice = (dv + plan.slices - 1) / plan.slices;
+  plan.slices = (dv + plan.slice - 1) / plan.slice;
+  plan.bytes = static_cast<size_t>((plan.group * plan.slice) << tau) * sizeof(float);
+  plan.use = true;
+  return plan;
+}
+
+// The plan for the current device.
+cudaError_t device_shared_plan(int64_t m, int64_t dv, int tau, SharedPlan* plan) {
+  int device = 0;
+  int optin = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  *plan = choose_shared_plan(m, dv, tau, optin);
+  return cudaSuccess;
+}
+
+cudaError_t run_shared_cumulation(const bool* query_mask, const int32_t* query_codes,
+                                  const bool* key_mask, const int32_t* key_codes,
+                                  const float* value, float* out, int64_t bh, int64_t nq,
+                                  int64_t nk, int64_t m, int64_t dv, int tau,
+                                  const SharedPlan& plan, cudaStream_t stream) {
+  cudaError_t err = cudaSuccess;
+  if (plan.groups > 1) {  // the groups add into the output
+    err = cudaMemsetAsync(out, 0, static_cast<size_t>(bh * nq * dv) * sizeof(float), stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (plan.bytes > static_cast<size_t>(kDefaultDynamicSharedBytes)) {
+    // Opt in to the device's whole limit, not just this launch's bytes: the value is
+    // then the same for every call, so a smaller launch on another host thread cannot
+    // lower it under a larger one.
+    err = cudaFuncSetAttribute(shared_cumulation_kernel,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(plan.limit_bytes));
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t units = bh * plan.groups * plan.slices;
+  const float inv_m = 1.0f / static_cast<float>(m);
+  shared_cumulation_kernel<<<grid_for(units, 1), kSharedCumulationThreads, plan.bytes, stream>>>(
+      query_mask, query_codes, key_mask, key_codes, value, out, bh, nq, nk, m, dv, tau,
+      plan.group, plan.slice, inv_m);
+  return cudaGetLastError();
+}
+
 cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
                            const bool* key_mask, const int32_t* key_codes, const float* value,
                            float* out, void* workspace, int64_t bh, int64_t nq, int64_t nk,
@@ -250,6 +423,14 @@ cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
   if (nk == 0) {  // nothing collides: the output is zero
     return cudaMemsetAsync(out, 0, static_cast<size_t>(bh * nq * dv) * sizeof(float), stream);
   }
+  SharedPlan shared;
+  cudaError_t plan_err = device_shared_plan(m, dv, tau, &shared);
+  if (plan_err != cudaSuccess) return plan_err;
+  if (shared.use) {
+    return run_shared_cumulation(query_mask, query_codes, key_mask, key_codes, value, out, bh, nq,
+                                 nk, m, dv, tau, shared, stream);
+  }
+  // Fallback: global tables in the workspace.
   if (workspace == nullptr) return cudaErrorInvalidValue;
   const Plan plan = make_plan(bh, m, dv, tau);
   float* table = static_cast<float*>(workspace);
@@ -579,6 +760,10 @@ cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes, i
 
 size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t dv, int tau) {
   if (!tau_ok(tau) || bh < 1 || m < 1 || dv < 1) return 0;
+  SharedPlan shared;
+  // The same rule as the launcher: no workspace when the tables fit in shared memory
+  // (if the device cannot be queried, the launcher fails too; size for the fallback).
+  if (device_shared_plan(m, dv, tau, &shared) == cudaSuccess && shared.use) return 0;
   const Plan plan = make_plan(bh, m, dv, tau);
   return static_cast<size_t>((plan.nb * plan.nh * plan.nc) << tau) * sizeof(float);
 }

@@ -28,8 +28,9 @@ extern "C" {
 
 // Largest supported hash code length (tables have 2**tau rows).
 #define YOSO_MAX_HASH_CODE_LEN 16
-// Upper bound on the float32 hash-table workspace of the cumulation (bytes);
-// larger problems are processed in chunks of heads, hashes and columns.
+// Upper bound on the float32 hash-table workspace of the cumulation's global
+// tables (bytes); larger problems are processed in chunks of heads, hashes and
+// columns. Tables that fit in a block's shared memory need no workspace.
 #define YOSO_TABLE_BUDGET_BYTES (256ull << 20)
 
 // The Gaussian hash's packing step (the projections come from a GEMM done by the
@@ -51,13 +52,18 @@ cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes,
                            int64_t bh, int64_t n, int64_t d, int64_t parts, int64_t width,
                            int64_t m, int tau, cudaStream_t stream);
 
-// Bytes of device workspace that yoso_lsh_cumulation needs (at most YOSO_TABLE_BUDGET_BYTES).
+// Bytes of device workspace that yoso_lsh_cumulation needs on the current device
+// (at most YOSO_TABLE_BUDGET_BYTES): 0 when the tables fit in shared memory.
 size_t yoso_lsh_cumulation_workspace_bytes(int64_t bh, int64_t m, int64_t dv, int tau);
 
 // out[b, i] = mq[b, i] / m * sum_h sum_j mk[b, j] [qc[b, i, h] == kc[b, j, h]] v[b, j]
 //   query_mask: bool [bh, nq]; query_codes: i32 [bh, nq, m]
 //   key_mask: bool [bh, nk]; key_codes: i32 [bh, nk, m]; value: f32 [bh, nk, dv]
-//   out: f32 [bh, nq, dv] (fully written); workspace: >= workspace_bytes(bh, m, dv, tau).
+//   out: f32 [bh, nq, dv] (fully written); workspace: >= workspace_bytes(bh, m, dv, tau)
+//   (may be null when that is 0).
+// Tables of 2**tau rows per hash live in shared memory when one hash's table,
+// or a slice of at least min(dv, 8) of its columns, fits in the device's
+// opt-in limit of dynamic shared memory; otherwise in the global workspace.
 cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_codes,
                                 const bool* key_mask, const int32_t* key_codes,
                                 const float* value, float* out, void* workspace,
