@@ -228,7 +228,7 @@ def capture_attention_inputs(
 
     handles = [layer.register_forward_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
-        extra = {"segment_ids": batch["segment_ids"]} if batch.get("segment_ids") is not None else {}
+        extra = {key: batch[key] for key in ("segment_ids", "position_ids") if batch.get(key) is not None}
         with torch.no_grad():
             encoder(batch["input_ids"], batch.get("attention_mask"), **extra)
     finally:

@@ -112,6 +112,11 @@ def mask_name(field: str) -> str:
     return "attention_mask" + field[len("input_ids"):]
 
 
+def position_name(field: str) -> str:
+    """``input_ids`` -> ``position_ids`` (given only for compacted batches)."""
+    return "position_ids" + field[len("input_ids"):]
+
+
 class PaddingCollator:
     """Pads each sequence field to the batch's longest (after truncation to ``max_length``).
 
@@ -122,13 +127,20 @@ class PaddingCollator:
     ``pad_to``: every batch is padded to this fixed length instead (the LRA harness's arrays).
     ``mask_pad_valued``: a token whose id equals ``pad_id`` is masked wherever it stands (the
     harness's ``mask = ids != 0``, which also hides black pixels of raw pixel tokens).
+    ``compact``: drop those masked tokens instead and give each kept token its original index in
+    ``position_ids*`` (padded to the batch's most kept tokens): the same model inputs for an
+    attention that sees its keys as a set, at the cost of the kept tokens only (Pathfinder: ~50
+    lit pixels of 1024). Needs ``mask_pad_valued`` and no [CLS].
     """
 
     def __init__(self, max_length: int, pad_id: int = 0, cls_id: int | None = None,
                  sequence_fields: Sequence[str] = ("input_ids",), pad_to: int | None = None,
-                 mask_pad_valued: bool = False) -> None:
+                 mask_pad_valued: bool = False, compact: bool = False) -> None:
         if max_length < 1 + int(cls_id is not None):
             raise ValueError(f"max_length {max_length} leaves no room for a token")
+        if compact and (not mask_pad_valued or cls_id is not None):
+            raise ValueError("compact drops the tokens masked for their value: it needs mask_pad_valued "
+                             "and no [CLS] (whose position 0 would not survive the compaction)")
         if pad_to is not None and pad_to < max_length:
             raise ValueError(f"pad_to={pad_to} is shorter than max_length={max_length}")
         self.max_length = max_length
@@ -137,12 +149,16 @@ class PaddingCollator:
         self.sequence_fields = tuple(sequence_fields)
         self.pad_to = pad_to
         self.mask_pad_valued = mask_pad_valued
+        self.compact = compact
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         room = self.max_length - int(self.cls_id is not None)
         lead = int(self.cls_id is not None)
         for field in self.sequence_fields:
+            if self.compact:
+                out.update(self._compacted(field, batch))
+                continue
             is_ids = field.startswith("input_ids")
             lengths = np.array([min(len(item[field]), room) for item in batch], dtype=np.int64)
             width = self.pad_to or int(lengths.max(initial=0)) + lead
@@ -164,6 +180,20 @@ class PaddingCollator:
             tensor = torch.from_numpy(values)
             out[key] = tensor.float() if tensor.is_floating_point() else tensor.long()
         return out
+
+
+    def _compacted(self, field: str, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``field``'s unmasked tokens moved to the front, with their original positions."""
+        kept = [np.flatnonzero(np.asarray(item[field][: self.max_length]) != self.pad_id) for item in batch]
+        width = max(1, max(len(positions) for positions in kept))
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        position_ids = np.zeros((len(batch), width), dtype=np.int64)
+        for row, (item, positions) in enumerate(zip(batch, kept)):
+            ids[row, : len(positions)] = np.asarray(item[field])[positions]
+            position_ids[row, : len(positions)] = positions
+        mask = np.arange(width)[None, :] < np.array([len(p) for p in kept])[:, None]
+        return {field: torch.from_numpy(ids), mask_name(field): torch.from_numpy(mask),
+                position_name(field): torch.from_numpy(position_ids)}
 
 
 class TokenDataModule(pl.LightningDataModule):

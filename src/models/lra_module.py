@@ -51,11 +51,17 @@ class SequenceClassifier(TaskModule):
     def build_metrics(self) -> MetricCollection:
         return MetricCollection({"acc": MulticlassAccuracy(self.num_classes, average="micro")})
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[B, num_classes]``."""
-        hidden = self.encoder(input_ids, attention_mask)
-        return self.head(pool(hidden, attention_mask, self.hparams.pooling))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, num_classes]``.
+
+        ``position_ids``: the batch is compacted (``compact_masked``): each token's place in the
+        full array, whose length (the position table's, ``pad_to``) ``mean_padded`` divides by.
+        """
+        hidden = self.encoder(input_ids, attention_mask, position_ids=position_ids)
+        padded_length = self.encoder.max_length if position_ids is not None else None
+        return self.head(pool(hidden, attention_mask, self.hparams.pooling, padded_length))
 
     def step_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         return F.cross_entropy(logits.float(), batch["labels"]), logits, batch["labels"]

@@ -65,7 +65,13 @@ class LRADataModule(TokenDataModule):
 
     def collator(self, split: str = "train") -> PaddingCollator:
         return PaddingCollator(self.max_length, self.pad_id, self.cls_id, self.sequence_fields,
-                               pad_to=self.pad_to, mask_pad_valued=self.masks_pad_valued)
+                               pad_to=self.pad_to, mask_pad_valued=self.masks_pad_valued,
+                               compact=self.compacts)
+
+    @property
+    def compacts(self) -> bool:
+        """Whether batches hold only the attended tokens, with ``position_ids`` (pixel tasks)."""
+        return False
 
 
 class PixelDataModule(LRADataModule):
@@ -75,14 +81,30 @@ class PixelDataModule(LRADataModule):
         pixel_tokens: ``raw``: the grey value 0-255 is the id and, as id 0 is padding, black
             pixels are masked (the harness: only lit pixels are attended, at their positions);
             ``shifted``: the id is ``value + 1`` and every pixel is attended.
+        compact_masked: with ``raw`` tokens, batches drop the masked black pixels and carry
+            each lit pixel's index as ``position_ids``. An attention that sees its keys as a
+            set (softmax, YOSO, YOSO-E, Performer) then computes what it computes on the full
+            array, pooling included (``padded_length`` still divides by ``pad_to``), on only
+            the lit pixels: ~50 of 1024 in Pathfinder. Attentions that read the sequence order
+            (YOSO-C, Nystrom, Linformer) refuse such batches.
         **kwargs: see ``LRADataModule`` and ``TokenDataModule``.
     """
 
-    def __init__(self, pixel_tokens: str = "shifted", **kwargs: Any) -> None:
+    def __init__(self, pixel_tokens: str = "shifted", compact_masked: bool = False, **kwargs: Any) -> None:
         if pixel_tokens not in PIXEL_TOKENS:
             raise ValueError(f"pixel_tokens must be one of {PIXEL_TOKENS}, got {pixel_tokens!r}")
+        if compact_masked and pixel_tokens != "raw":
+            raise ValueError("compact_masked drops the masked black pixels, but pixel_tokens='shifted' masks "
+                             "none: set pixel_tokens: raw, or compact_masked: false")
+        if compact_masked and kwargs.get("prepend_cls"):
+            raise ValueError("compact_masked cannot keep a [CLS] at position 0: set prepend_cls: false")
         super().__init__(**kwargs)
         self.pixel_tokens = pixel_tokens
+        self.compact_masked = compact_masked
+
+    @property
+    def compacts(self) -> bool:
+        return self.compact_masked
 
     @property
     def base_vocab_size(self) -> int:

@@ -7,6 +7,8 @@ constructor head ``(num_heads, head_dim, ...)``, as a factory from the config.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,6 +70,11 @@ class YOSOAttention(nn.Module):
         conv_weight = self.conv.weight if self.conv is not None else None
         return yoso_attention(q, k, v, mask, options=self.options, conv_weight=conv_weight)
 
+    @property
+    def reads_sequence_order(self) -> bool:
+        """Only YOSO-C's convolution depends on where tokens stand (see ``position_ids``)."""
+        return self.conv is not None
+
     def extra_repr(self) -> str:
         o = self.options
         kind = "expectation" if o.expectation else f"m={o.num_hashes}"
@@ -79,6 +86,8 @@ class SoftmaxAttention(nn.Module):
 
     Padded query rows, and rows whose keys are all padding, return 0 (never NaN).
     """
+
+    reads_sequence_order: ClassVar[bool] = False  # a set of keys: compacted inputs give the same result
 
     def __init__(self, num_heads: int, head_dim: int, dropout: float = 0.0) -> None:
         super().__init__()

@@ -19,6 +19,7 @@ usually given by a config as ``class_path`` + ``init_args``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -128,6 +129,12 @@ class TransformerEncoder(nn.Module):
             ``max_length + position_offset`` rows (RoBERTa / ``transformers``' YOSO: 2).
         layer_norm_eps: epsilon of every LayerNorm (``transformers``' YOSO: 1e-12).
         activation: the FFN's activation, a key of ``ACTIVATIONS`` (exact ``"gelu"`` by default).
+        position_init: how the learned position table starts: ``normal`` (std 0.02, every
+            task's default) or ``sincos_2d``: the positions are the pixels of a square image
+            (``max_length`` = side²) and row ``r * side + c`` starts as sines and cosines of
+            ``r`` and ``c`` (``dim / 4`` frequencies each, periods 4 to 4·side pixels), so
+            nearby pixels start with similar rows. An image prior the LRA rules leave out:
+            the Pathfinder quickstart uses it to learn in minutes (docs/lra.md).
     """
 
     def __init__(
@@ -148,10 +155,13 @@ class TransformerEncoder(nn.Module):
         position_offset: int = 0,
         layer_norm_eps: float = 1e-5,
         activation: str = "gelu",
+        position_init: str = "normal",
     ) -> None:
         super().__init__()
         if position_offset < 0:
             raise ValueError(f"position_offset must be >= 0, got {position_offset}")
+        if position_init not in POSITION_INITS:
+            raise ValueError(f"position_init must be one of {POSITION_INITS}, got {position_init!r}")
         make_activation(activation)  # an unknown name fails here, once
         self.max_length = max_length
         self.dim = dim
@@ -175,6 +185,9 @@ class TransformerEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(dim, eps=layer_norm_eps) if norm_first else nn.Identity()
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
+        if position_init == "sincos_2d":
+            with torch.no_grad():
+                self.position_embedding.weight[position_offset:] = sincos_2d_positions(max_length, dim)
         with torch.no_grad():  # normal_ overwrote the padding row that nn.Embedding zeroed
             self.token_embedding.weight[padding_id].zero_()
 
@@ -183,6 +196,7 @@ class TransformerEncoder(nn.Module):
         input_ids: torch.Tensor,
         mask: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, length = input_ids.shape
         if length > self.max_length:
@@ -199,14 +213,60 @@ class TransformerEncoder(nn.Module):
             x = x + self.segment_embedding(segment_ids)
         elif segment_ids is not None:
             raise ValueError("segment_ids given but the encoder has num_segments=0")
-        positions = torch.arange(x.shape[1], device=input_ids.device) + self.position_offset
-        x = x + self.position_embedding(positions)
+        if position_ids is None:
+            positions = torch.arange(x.shape[1], device=input_ids.device)
+        else:
+            positions = self._checked_positions(position_ids, input_ids.shape)
+        x = x + self.position_embedding(positions + self.position_offset)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
         for layer in self.layers:
             x = layer(x, mask)
         return self.final_norm(x)
+
+
+    def _checked_positions(self, position_ids: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """``position_ids`` (compacted inputs: each kept token with its original position), checked.
+
+        A compacted sequence drops masked tokens, which changes nothing only for attentions that
+        see the tokens as a set (softmax, YOSO, YOSO-E, Performer); one that reads the sequence
+        order (YOSO-C's convolution, Nystrom's segment landmarks, Linformer's projection along
+        the sequence) would silently compute something else, so it is refused.
+        """
+        if position_ids.shape != shape:
+            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, input_ids {tuple(shape)}: "
+                             "give one position per token")
+        low, high = (int(position_ids.min()), int(position_ids.max())) if position_ids.numel() else (0, 0)
+        if low < 0 or high >= self.max_length:
+            raise ValueError(f"position_ids must lie in [0, {self.max_length}) (the encoder's max_length), "
+                             f"got [{low}, {high}]")
+        ordered = [type(layer.attention.attention).__name__ for layer in self.layers
+                   if getattr(layer.attention.attention, "reads_sequence_order", True)]
+        if ordered:
+            raise ValueError(f"{ordered[0]} reads the sequence order, so it cannot run on compacted inputs "
+                             "(position_ids): turn the data's compaction off (compact_masked: false) or use "
+                             "an attention that sees tokens as a set (softmax, YOSO without conv_window, "
+                             "YOSO-E, Performer)")
+        return position_ids
+
+
+POSITION_INITS: tuple[str, ...] = ("normal", "sincos_2d")
+
+
+def sincos_2d_positions(length: int, dim: int) -> torch.Tensor:
+    """``[length, dim]`` rows for the pixels of a square image, ``length = side²`` in row-major order:
+    ``[sin(r·w), cos(r·w), sin(c·w), cos(c·w)]`` with ``dim / 4`` frequencies ``w`` from π/2
+    (a period of 4 pixels) down to π/(2·side)."""
+    side = math.isqrt(length)
+    if side * side != length or dim % 4:
+        raise ValueError(f"position_init='sincos_2d' needs max_length a square (the image's pixels) and dim"
+                         f" a multiple of 4, got max_length={length}, dim={dim}")
+    frequencies = (math.pi / 2) * side ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    index = torch.arange(length)
+    rows = (index // side).double()[:, None] * frequencies
+    cols = (index % side).double()[:, None] * frequencies
+    return torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=1).float()
 
 
 def repeat_position_rows(table: torch.Tensor, length: int, offset: int = 0) -> torch.Tensor:

@@ -11,6 +11,8 @@ For an input of length ``n`` only the first ``n`` columns ``E[:, :n]`` are used.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,9 @@ class LinformerAttention(nn.Module):
         projected_length: ``k`` rows that keys and values are projected to.
         share_kv: one projection for both keys and values (``F = E``).
     """
+
+    reads_sequence_order: ClassVar[bool] = True  # it projects keys along the sequence
+
 
     def __init__(
         self,

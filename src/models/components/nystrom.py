@@ -11,6 +11,8 @@ depthwise convolution of ``V`` along the sequence as a skip connection.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -78,6 +80,9 @@ class NystromAttention(nn.Module):
         conv_window: odd window of the depthwise conv skip on ``V`` (the name YOSO-C uses),
             or None for no skip.
     """
+
+    reads_sequence_order: ClassVar[bool] = True  # its landmarks are means of sequence segments
+
 
     def __init__(
         self,

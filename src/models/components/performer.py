@@ -12,6 +12,7 @@ each row rescaled to a chi-distributed norm so that it is marginally Gaussian.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -73,6 +74,8 @@ class PerformerAttention(nn.Module):
         redraw_in_training: draw new features at every training forward; False always
             uses the buffer.
     """
+
+    reads_sequence_order: ClassVar[bool] = False  # a set of keys: compacted inputs give the same result
 
     def __init__(
         self, num_heads: int, head_dim: int, *, num_features: int = 256, redraw_in_training: bool = True

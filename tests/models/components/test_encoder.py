@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import pytest
@@ -82,3 +83,30 @@ def test_padding_embedding_is_zero_and_a_user_attention_class_works():
     assert encoder.layers[0].attention.attention.scale == 2.0
     ids, mask = toy_batch()
     assert encoder(ids, mask).shape == (3, 21, 16)
+
+
+def test_sincos_2d_positions_are_sines_of_row_and_column():
+    side, dim = 8, 16
+    encoder = TransformerEncoder(vocab_size=5, max_length=side * side, attention=SoftmaxAttention, dim=dim,
+                                 depth=1, num_heads=2, head_dim=8, ffn_dim=32, position_init="sincos_2d")
+    table = encoder.position_embedding.weight.detach().double()
+    for r, c in ((0, 0), (3, 5), (7, 2)):
+        row = table[r * side + c]
+        for k in range(dim // 4):
+            w = (math.pi / 2) * side ** (-k / (dim // 4))
+            expected = [math.sin(r * w), math.cos(r * w), math.sin(c * w), math.cos(c * w)]
+            got = [row[part * dim // 4 + k].item() for part in range(4)]
+            assert got == pytest.approx(expected, abs=1e-6)
+    # neighbours start closer than far pixels: the prior the option exists for
+    distance = torch.cdist(table[None], table[None])[0]
+    assert distance[3 * side + 3, 3 * side + 4] < distance[3 * side + 3, 7 * side + 7]
+    assert encoder.position_embedding.weight.requires_grad  # a start, not a fixed table
+
+
+def test_sincos_2d_needs_a_square_image_and_a_dim_of_four_parts():
+    with pytest.raises(ValueError, match="max_length a square.*max_length=60"):
+        TransformerEncoder(vocab_size=5, max_length=60, attention=SoftmaxAttention, dim=16, depth=1,
+                           num_heads=2, head_dim=8, ffn_dim=32, position_init="sincos_2d")
+    with pytest.raises(ValueError, match="position_init must be one of"):
+        TransformerEncoder(vocab_size=5, max_length=64, attention=SoftmaxAttention, dim=16, depth=1,
+                           num_heads=2, head_dim=8, ffn_dim=32, position_init="sine")
