@@ -101,12 +101,31 @@ class TrainCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse ``args`` (default: the command line) after expanding each config's ``extends``."""
-        argv = sys.argv[1:] if args is None else args
-        self.config = parser.parse_args(expand_extends(list(argv)))
+        argv = list(sys.argv[1:] if args is None else args)
+        print_flags = [arg for arg in argv if arg.split("=", 1)[0] == "--print_config"]
+        if print_flags:
+            self._print_with_source(parser, [arg for arg in argv if arg not in print_flags], print_flags[-1])
+        self.config = parser.parse_args(expand_extends(argv))
         # The bases are merged in now: the saved config.yaml is whole and must not name a
         # base relative to a folder it no longer sits in (it could not be run again).
         self.config.extends = None
         check_config(self.config)
+
+    @staticmethod
+    def _print_with_source(parser: LightningArgumentParser, argv: list[str], flag: str) -> None:
+        """``--print_config`` of a run with ``init_from``: the config as it will run, i.e. with the
+        source's encoder and length filled in (jsonargparse alone prints it before they are).
+        Without ``init_from`` this returns and jsonargparse prints as usual."""
+        config = parser.parse_args(expand_extends(argv))
+        if not config.get("model.init_args.init_from"):
+            return
+        config.extends = None
+        apply_source(config)
+        link_segments(config)
+        flags = {name for name in flag.partition("=")[2].split(",") if name}
+        sys.stdout.write(parser.dump(config, skip_unset="skip_unset" in flags or "skip_null" in flags,
+                                     skip_default="skip_default" in flags, skip_validation=True))
+        sys.exit(0)
 
     def before_instantiate_classes(self) -> None:
         """Take ``init_from``'s encoder and length (``src.pretrained``), fill the checkpoint's monitor

@@ -168,3 +168,14 @@ def test_a_folder_without_tokenizer_or_config_is_named(tmp_path: Path, capsys) -
         GlueDataModule("rte", data_dir=str(FIXTURES), tokenizer_from=str(tmp_path))
     said = refusal(capsys, "--config", RTE, f"--model.init_args.init_from={tmp_path / 'absent'}")
     assert "does not exist: give a checkpoint of this project (.ckpt) or a transformers YOSO folder" in said
+
+
+def test_print_config_shows_the_encoder_the_source_brings(runs: SimpleNamespace, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        train.build_cli(["--config", RTE, f"--model.init_args.init_from={runs.folder}", "--print_config"])
+    assert stopped.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    encoder = printed["model"]["init_args"]["encoder"]["init_args"]
+    assert (encoder["dim"], encoder["depth"], encoder["num_heads"], encoder["ffn_dim"]) == (16, 2, 2, 32)
+    assert encoder["num_segments"] == 1  # max_length is linked from the data (below)
+    assert printed["data"]["init_args"]["max_length"] == HF_LENGTH
