@@ -351,7 +351,7 @@ def build_emulation(
         "yoso_hash_fast": ([p, p, p, i64, i64, i64, i64, i64, i64, i32, p], i32),
         "yoso_lsh_cumulation_workspace_bytes": ([i64, i64, i64, i32], ctypes.c_size_t),
         "yoso_lsh_cumulation": ([p] * 7 + [i64] * 5 + [i32, p], i32),
-        "yoso_lsh_backward_workspace_bytes": ([i64, i64, i64, i64, i32], ctypes.c_size_t),
+        "yoso_lsh_backward_workspace_bytes": ([i64, i64, i64, i64, i64, i32], ctypes.c_size_t),
         "yoso_lsh_backward": ([p] * 12 + [i64] * 6 + [i32, p], i32),
         "emu_launch_count": ([], i64),
         "emu_launch_name": ([i64], ctypes.c_char_p),
@@ -488,8 +488,9 @@ def _emulated_backward(ops: EmulatedOps, qm, qc, q, km, kc, k, v, g, tau):
     bh, nq, d = q.shape
     nk, dv, m = k.shape[1], v.shape[2], qc.shape[2]
     outs = [torch.full(shape, float("nan")) for shape in ((bh, nq, d), (bh, nk, d), (bh, nk, dv))]
-    size = ops.lib.yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, tau)
-    ws = torch.empty(max(1, size // 4), dtype=torch.int32)
+    size = ops.lib.yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, dv, tau)
+    # All bits set: NaN as a float, so that a read of a dV table row no block wrote shows.
+    ws = torch.full((max(1, size // 4),), -1, dtype=torch.int32)
     status = ops.lib.yoso_lsh_backward(
         *(ops._ptr(t) for t in (qm, qc, q, km, kc, k, v, g, *outs, ws)), bh, nq, nk, m, d, dv, tau, None
     )
@@ -531,6 +532,74 @@ def check_emulated_backward(ops: EmulatedOps) -> int:
         bound = ref.lsh_backward(qm, qc, q.abs(), km, kc, k.abs(), v.abs(), g.abs(), tau)
         for name, a, b, c in zip(("dq", "dk", "dv"), got, want, bound):
             assert bool(((a - b).abs() <= 3e-5 * c + 1e-6).all()), f"backward {name} differs"
+    return len(cases)
+
+
+# Shared floats of bucket_backward_kernel before its last region (the S tile and the slabs),
+# and the staged rows' count per tile (yoso_kernels.cu: kDirectSharedFloats, kTileQ + kTileK).
+BACKWARD_BASE_FLOATS = 16 * 32 + (16 + 32) * 65
+BACKWARD_TILE_ROWS = 16 + 32
+
+
+def backward_smem(d: int, dv: int, tables: bool, stage: bool) -> int:
+    """The bucket kernel's dynamic shared bytes for the given paths (choose_bucket_shared_plan)."""
+    region = max(2 * dv * d if tables else 0, BACKWARD_TILE_ROWS * (d | 1) if stage else 0)
+    return 4 * (BACKWARD_BASE_FLOATS + region)
+
+
+def check_backward_paths(ops: EmulatedOps) -> int:
+    """The backward's choices against the reference, and which ones ran.
+
+    Shared memory: dQ and dK from K_K and Q_Q rows staged in shared memory (with and without the
+    per-bucket tables T1, T2 beside them, with an opt-in above 48 KiB, several value slabs), and
+    from global memory where the staged rows do not fit the device's opt-in limit.
+    dV: from the per-bucket tables of G's sums (one hash chunk, or one chunk per hash when one
+    hash's table takes most of the budget), and by atomics where one hash's table exceeds the
+    budget (tau 16, dv 1100: 288 MB)."""
+    import torch
+
+    from src.kernels import reference as ref
+
+    gen = torch.Generator().manual_seed(6)
+    kib = 1024
+    h100 = H100_SMEM_OPTIN
+    # (device limit, bh, nq, nk, d, dv, m, tau, hot, tables, stage, hash chunks, dV tables)
+    cases = [
+        (h100, 2, 300, 280, 64, 64, 2, 3, 0.9, True, True, 1, True),  # tables and tiles mixed
+        (h100, 2, 40, 50, 3, 100, 3, 3, 0.6, True, True, 1, True),  # odd d, two slabs
+        (h100, 1, 60, 70, 1, 5, 2, 2, 0.5, True, True, 1, True),  # d 1
+        (h100, 1, 50, 60, 200, 70, 2, 2, 0.5, False, True, 1, True),  # 52 KiB: opts in
+        (48 * kib, 1, 50, 60, 200, 70, 2, 2, 0.5, False, False, 1, True),  # d 200 does not fit
+        (48 * kib, 1, 50, 60, 179, 130, 2, 2, 0.5, False, True, 1, True),  # d 179 is the largest
+        (16 * kib, 1, 50, 60, 100, 130, 2, 2, 0.5, False, False, 1, True),  # three slabs, global rows
+        (h100, 1, 6, 8, 4, 600, 3, 16, 0.5, True, True, 3, True),  # 157 MB per hash: 3 chunks
+        (h100, 1, 5, 7, 4, 1100, 2, 16, 0.5, False, True, 1, False),  # 288 MB: dV by atomics
+    ]
+    for limit, bh, nq, nk, d, dv, m, tau, hot, tables, stage, chunks, dv_tables in cases:
+        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
+        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
+        qc[torch.rand(qc.shape, generator=gen) < hot] = 1
+        kc[torch.rand(kc.shape, generator=gen) < hot] = 1
+        qm = torch.rand(bh, nq, generator=gen) > 0.2
+        km = torch.rand(bh, nk, generator=gen) > 0.2
+        q, k = torch.randn(bh, nq, d, generator=gen), torch.randn(bh, nk, d, generator=gen)
+        v, g = torch.randn(bh, nk, dv, generator=gen), torch.randn(bh, nq, dv, generator=gen)
+        with device_smem_optin(ops.lib, limit):
+            ops.lib.emu_clear_launches()
+            got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
+        want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
+        bound = ref.lsh_backward(qm, qc, q.abs(), km, kc, k.abs(), v.abs(), g.abs(), tau)
+        where = f"limit {limit}, d {d}, dv {dv}"
+        for name, a, b, c in zip(("dq", "dk", "dv"), got, want, bound):
+            assert bool(((a - b).abs() <= 3e-5 * c + 1e-6).all()), f"backward {name} differs ({where})"
+        log = launch_log(ops.lib)
+        smem = [smem for name, _, smem, _ in log if name == "bucket_backward_kernel"]
+        assert smem == [backward_smem(d, dv, tables, stage)] * chunks, (where, smem)
+        gathers = [name for name, *_ in log if name == "dv_from_tables_kernel"]
+        assert len(gathers) == (chunks if dv_tables else 0), (where, log)
+        assert all(status == 0 for *_, status in log), where
+        workspace = ops.lib.yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, dv, tau)
+        assert workspace <= (256 << 20) + 256, (where, workspace)
     return len(cases)
 
 
@@ -606,6 +675,7 @@ def check_emulate(asan: bool = False) -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
             checked += 1
         checked += check_emulated_backward(ops)
+        checked += check_backward_paths(ops)
         checked += check_shared_cumulation(ops)
         checked += check_sign_packing(ops)
         checked += check_large_shared_memory(ops)
@@ -765,14 +835,26 @@ def check_small_grid() -> None:
 
 
 
-# Source edits that must make the TSan emulation fail (see test_cuda_emulation.py).
+# Source edits that must make the TSan emulation fail (see test_cuda_emulation.py): an
+# (old, new) pair, or a list of pairs applied in turn; each old text must occur exactly once.
 MUTATIONS = {
     "atomic": (
         "atomicAdd(&dq[Q[a0 + a] * d + col], alpha * acc);",
         "dq[Q[a0 + a] * d + col] += alpha * acc;",
     ),
-    "barrier": ("            if (e < tq * tk) s[e] = part[p];\n          }\n          __syncthreads();",
-                "            if (e < tq * tk) s[e] = part[p];\n          }"),
+    "barrier": ("          __syncthreads();  // the S tile and the staged rows are complete\n",
+                "          // (barrier removed)\n"),
+    # The backward tile's K_K and Q_Q rows staged after the barrier that should follow them: dQ
+    # and dK read rows still being written.
+    # (Two edits: the barrier moves from after the staging to before it, so S stays complete.)
+    "stage_barrier": [
+        ("          if (stage) {\n"
+         "            // The tile's K_K and Q_Q rows, each loaded by consecutive lanes (coalesced).\n",
+         "          __syncthreads();\n"
+         "          if (stage) {\n"
+         "            // The tile's K_K and Q_Q rows, each loaded by consecutive lanes (coalesced).\n"),
+        ("          __syncthreads();  // the S tile and the staged rows are complete\n", ""),
+    ],
     # No barrier between the S tiles' slabs: the next slab overwrites rows still being read.
     "slab_barrier": ("            __syncthreads();  // the slabs are overwritten next\n",
                      "            // (barrier removed)\n"),
@@ -798,10 +880,12 @@ def mutated_source(mutation: str | None) -> str:
     source = (CUDA_DIR / "yoso_kernels.cu").read_text()
     if mutation is None:
         return source
-    old, new = MUTATIONS[mutation]
-    if source.count(old) != 1:
-        raise SystemExit(f"mutation {mutation!r}: its target is not exactly once in the source")
-    return source.replace(old, new)
+    edits = MUTATIONS[mutation]
+    for old, new in [edits] if isinstance(edits, tuple) else edits:
+        if source.count(old) != 1:
+            raise SystemExit(f"mutation {mutation!r}: its target is not exactly once in the source")
+        source = source.replace(old, new)
+    return source
 
 
 def race_case() -> None:
@@ -826,8 +910,8 @@ def race_case() -> None:
 
 def run_case(lib: ctypes.CDLL) -> None:
     """Every launcher once on the race case, the cumulation on each of its paths (shared tables
-    in one block, in one block per hash, global tables); results checked loosely: races are the
-    point."""
+    in one block, in one block per hash, global tables), the backward with and without staged
+    K_K and Q_Q rows; results checked loosely: races are the point."""
     import torch
 
     ops = EmulatedOps(lib)
@@ -844,10 +928,13 @@ def run_case(lib: ctypes.CDLL) -> None:
         outs.append(ops.lsh_cumulation(qm, qc, km, kc, v, tau))
     for out in outs:
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
-    got = _emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)
     want = ref.lsh_backward(qm, qc, q, km, kc, k, v, g, tau)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    got = [_emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau)]  # staged K_K and Q_Q rows
+    with device_smem_optin(lib, 16 * 1024):  # the staged rows do not fit: global reads
+        got.append(_emulated_backward(ops, qm, qc, q, km, kc, k, v, g, tau))
+    for outs in got:
+        for a, b in zip(outs, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def _sanitizer_runtime(name: str) -> str:

@@ -124,12 +124,14 @@ def test_out_of_bounds_accesses_are_caught(mutation):
 
 
 @pytest.mark.skipif(not cuda_emulator.has_sanitizer("tsan"), reason="needs libtsan")
-@pytest.mark.parametrize("mutation", [None, "atomic", "barrier", "slab_barrier", "table_barrier"])
+@pytest.mark.parametrize("mutation", [None, "atomic", "barrier", "slab_barrier", "stage_barrier",
+                                      "table_barrier"])
 def test_races_are_caught(mutation):
     """The kernels as written run race-free; with one atomicAdd made a plain `+=`, the
-    barrier between writing and reading the shared S tile removed, the one between two
-    slabs of staged G and V rows, or the one between the forward cumulation's scatter into
-    its shared-memory tables and the queries' reads of them, TSan reports a race."""
+    barrier between writing and reading the shared S tile (and staged K_K, Q_Q rows) removed,
+    the one between two slabs of staged G and V rows, the staged K_K and Q_Q rows loaded
+    after their barrier instead of before it, or the barrier between the forward cumulation's
+    scatter into its shared-memory tables and the queries' reads of them, TSan reports a race."""
     done = cuda_emulator.run_under_sanitizer("tsan", mutation)
     if mutation is None:
         assert done.returncode == 0, done.stderr[-3000:]

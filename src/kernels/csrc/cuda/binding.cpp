@@ -202,7 +202,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> lsh_backward(
   auto grad_query = torch::empty({bh, nq, d}, value.options());
   auto grad_key = torch::empty({bh, nk, d}, value.options());
   auto grad_value = torch::empty({bh, nk, dv}, value.options());
-  const size_t ws_bytes = yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, static_cast<int>(tau));
+  const size_t ws_bytes =
+      yoso_lsh_backward_workspace_bytes(bh, nq, nk, m, dv, static_cast<int>(tau));
   auto workspace = torch::empty({static_cast<int64_t>(ws_bytes / sizeof(int32_t)) + 1},
                                 value.options().dtype(at::kInt));
   check_launch(yoso_lsh_backward(query_mask.data_ptr<bool>(), query_codes.data_ptr<int32_t>(),

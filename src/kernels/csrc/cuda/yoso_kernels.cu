@@ -473,14 +473,20 @@ cudaError_t run_cumulation(const bool* query_mask, const int32_t* query_codes,
 // queries and keys are counting-sorted by code (integer atomics count, a
 // block-wide scan gives bucket starts, a second pass places row indices), then
 // blocks walk buckets. Per bucket with queries Q and keys K:
-//   dV_K += (sum_Q G) / m;
+//   dV_K += (sum_Q G) / m: the block stores sum_Q G in the workspace's dV table
+//           (it owns the bucket), and dv_from_tables_kernel then adds each key's
+//           rows across the chunk's hashes (see make_backward_plan); where the
+//           table exceeds the budget, float atomics into dV's rows instead;
 //   direct: tiles of S = G_Q V_K^T in shared memory (computed from slabs of G_Q
 //           and V_K rows staged in shared memory with coalesced loads), each S
-//           tile used for both dQ_Q += a S K_K and dK_K += a S^T Q_Q;
+//           tile used for both dQ_Q += a S K_K and dK_K += a S^T Q_Q, with the
+//           tile's K_K and Q_Q rows staged in shared memory where they fit
+//           (see choose_bucket_shared_plan);
 //   tables: T1 = V_K^T K_K and T2 = G_Q^T Q_Q ([dv, d] each, shared memory),
 //           dQ_Q += a G_Q T1 and dK_K += a V_K T2, when cheaper and they fit.
-// Float atomics touch only output rows (d or dv per row, bucket and hash),
-// never 2^tau-row tables. Codes outside [0, 2^tau) collide with nothing.
+// Float atomics touch only output rows (d per row, bucket and hash; dv too on
+// the fallback), never 2^tau-row tables. Codes outside [0, 2^tau) collide with
+// nothing.
 // ---------------------------------------------------------------------------
 constexpr int kScanThreads = 256;
 constexpr int kBucketThreads = 128;
@@ -497,6 +503,46 @@ constexpr int64_t kSlabStride = kSlab + 1;
 constexpr int kPairsPerThread = static_cast<int>((kTileQ * kTileK + kBucketThreads - 1) / kBucketThreads);
 // Shared floats of the direct path: the S tile and the G and V slabs.
 constexpr int64_t kDirectSharedFloats = kTileQ * kTileK + (kTileQ + kTileK) * kSlabStride;
+
+// Row stride (floats) of the staged K_K and Q_Q rows of a direct tile: d padded to an odd
+// number, as the S slabs are, so that lanes reading several rows at one column would hit
+// different banks. (The dQ and dK loops below have lanes run over the columns of one
+// staged row, which is conflict-free either way.)
+__host__ __device__ inline int64_t staged_row_stride(int64_t d) { return d | 1; }
+
+// Dynamic shared memory of bucket_backward_kernel. Past the S tile and the slabs, one
+// region serves either the per-bucket tables T1, T2 (2 dv d floats; buckets on the table
+// path) or the tile's staged K_K and Q_Q rows ((kTileK + kTileQ) x staged_row_stride(d)
+// floats; buckets on the direct path): a bucket takes one path, and both end with a barrier.
+// The rule, for a device whose blocks may opt in to `optin_bytes`
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin):
+// 1. tables: as before, when the S tile, the slabs and the tables fit in the default
+//    48 KiB (kSharedLimitBytes);
+// 2. staging: when the whole region, the staged rows included, fits in `optin_bytes`
+//    (d <= 179 within 48 KiB, d <= 1135 on an H100's 227 KiB); otherwise this launch's
+//    dQ and dK read the K_K and Q_Q rows from global memory, as before.
+// Above 48 KiB the launcher opts the kernel in to the device's whole limit.
+struct BucketSharedPlan {
+  bool tables, stage;
+  int64_t row_stride;  // of the staged rows
+  size_t bytes;
+};
+
+BucketSharedPlan choose_bucket_shared_plan(int64_t d, int64_t dv, int64_t optin_bytes) {
+  BucketSharedPlan plan;
+  const int64_t table_floats = 2 * dv * d;
+  plan.tables = (kDirectSharedFloats + table_floats) * static_cast<int64_t>(sizeof(float)) <=
+                kSharedLimitBytes;
+  plan.row_stride = staged_row_stride(d);
+  const int64_t stage_floats = (kTileQ + kTileK) * plan.row_stride;
+  const int64_t region = plan.tables ? table_floats : 0;
+  const int64_t staged_region = region > stage_floats ? region : stage_floats;
+  plan.stage = (kDirectSharedFloats + staged_region) * static_cast<int64_t>(sizeof(float)) <=
+               optin_bytes;
+  plan.bytes = static_cast<size_t>(kDirectSharedFloats + (plan.stage ? staged_region : region)) *
+               sizeof(float);
+  return plan;
+}
 
 __global__ void count_codes_kernel(const bool* __restrict__ mask, const int32_t* __restrict__ codes,
                                    int32_t* __restrict__ count, int64_t bh, int64_t n, int64_t m,
@@ -582,13 +628,16 @@ __global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restr
                                        const int32_t* __restrict__ kstart,
                                        const int32_t* __restrict__ kidx, int64_t units, int64_t hc,
                                        int64_t nq, int64_t nk, int64_t d, int64_t dv, int tau,
-                                       float alpha, float beta, bool tables) {
+                                       float alpha, float beta, bool tables, bool stage,
+                                       int64_t row_stride, float* __restrict__ dv_table) {
   extern __shared__ float bucket_shared[];
   float* s = bucket_shared;               // [kTileQ * kTileK]
   float* gs = s + kTileQ * kTileK;        // [kTileQ * kSlabStride]: a slab of G_Q rows
   float* vs = gs + kTileQ * kSlabStride;  // [kTileK * kSlabStride]: a slab of V_K rows
-  float* t1 = vs + kTileK * kSlabStride;  // [dv * d] (tables only)
-  float* t2 = t1 + dv * d;           // [dv * d] (tables only)
+  float* t1 = vs + kTileK * kSlabStride;  // [dv * d] (table buckets)
+  float* t2 = t1 + dv * d;                // [dv * d] (table buckets)
+  float* ks = t1;                         // [kTileK * row_stride]: K_K rows (direct, stage)
+  float* qs = ks + kTileK * row_stride;   // [kTileQ * row_stride]: Q_Q rows (direct, stage)
   const int64_t buckets = int64_t{1} << tau;
   const int64_t tid = threadIdx.x, nt = blockDim.x;
   for (int64_t blk = blockIdx.x; blk < units * kBucketBlocksPerUnit; blk += gridDim.x) {
@@ -611,7 +660,11 @@ __global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restr
       for (int64_t col = tid; col < dv; col += nt) {
         float sum = 0.f;
         for (int64_t a = 0; a < nQ; ++a) sum += g[Q[a] * dv + col];
-        for (int64_t j = 0; j < nK; ++j) atomicAdd(&dvo[K[j] * dv + col], beta * sum);
+        if (dv_table != nullptr) {
+          dv_table[(unit * buckets + c) * dv + col] = sum;  // this block owns the bucket
+        } else {
+          for (int64_t j = 0; j < nK; ++j) atomicAdd(&dvo[K[j] * dv + col], beta * sum);
+        }
       }
       const double direct_cost = static_cast<double>(nQ) * nK * (dv + 2 * d);
       const double table_cost = 2.0 * (nQ + nK) * dv * d;
@@ -680,31 +733,109 @@ __global__ void bucket_backward_kernel(BackwardTensors x, const int32_t* __restr
             const int64_t e = tid + p * nt;
             if (e < tq * tk) s[e] = part[p];
           }
-          __syncthreads();
+          if (stage) {
+            // The tile's K_K and Q_Q rows, each loaded by consecutive lanes (coalesced).
+            for (int64_t e = tid; e < tk * d; e += nt) {
+              const int64_t j = e / d, col = e % d;
+              ks[j * row_stride + col] = k[K[j0 + j] * d + col];
+            }
+            for (int64_t e = tid; e < tq * d; e += nt) {
+              const int64_t a = e / d, col = e % d;
+              qs[a * row_stride + col] = q[Q[a0 + a] * d + col];
+            }
+          }
+          __syncthreads();  // the S tile and the staged rows are complete
+          // dQ_Q += a S K_K and dK_K += a S^T Q_Q, summed in the same order either way.
           for (int64_t e = tid; e < tq * d; e += nt) {
             const int64_t a = e / d, col = e % d;
             float acc = 0.f;
-            for (int64_t j = 0; j < tk; ++j) acc += s[a * tk + j] * k[K[j0 + j] * d + col];
+            if (stage) {
+              for (int64_t j = 0; j < tk; ++j) acc += s[a * tk + j] * ks[j * row_stride + col];
+            } else {
+              for (int64_t j = 0; j < tk; ++j) acc += s[a * tk + j] * k[K[j0 + j] * d + col];
+            }
             atomicAdd(&dq[Q[a0 + a] * d + col], alpha * acc);
           }
           for (int64_t e = tid; e < tk * d; e += nt) {
             const int64_t j = e / d, col = e % d;
             float acc = 0.f;
-            for (int64_t a = 0; a < tq; ++a) acc += s[a * tk + j] * q[Q[a0 + a] * d + col];
+            if (stage) {
+              for (int64_t a = 0; a < tq; ++a) acc += s[a * tk + j] * qs[a * row_stride + col];
+            } else {
+              for (int64_t a = 0; a < tq; ++a) acc += s[a * tk + j] * q[Q[a0 + a] * d + col];
+            }
             atomicAdd(&dk[K[j0 + j] * d + col], alpha * acc);
           }
-          __syncthreads();
+          __syncthreads();  // S and the staged rows are overwritten by the next tile
         }
       }
     }
   }
 }
 
-// Hashes sorted per launch: their index arrays fit YOSO_TABLE_BUDGET_BYTES.
-int64_t backward_hash_chunk(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau) {
+// dV from the per-bucket tables of one hash chunk (key-owned, no atomics):
+// grad_value[b, j] += beta * sum over the chunk's hashes h of table[b, h, code(j, h)], for real
+// keys whose bucket holds queries (the bucket kernel wrote exactly those rows of the table).
+// Thread e owns (key, column) e, consecutive lanes take consecutive columns of one key.
+__global__ void dv_from_tables_kernel(const bool* __restrict__ key_mask,
+                                      const int32_t* __restrict__ key_codes,
+                                      const int32_t* __restrict__ qstart,
+                                      const float* __restrict__ dv_table,
+                                      float* __restrict__ grad_value, int64_t bh, int64_t nk,
+                                      int64_t m, int64_t h0, int64_t hc, int64_t dv, int tau,
+                                      float beta) {
   const int64_t buckets = int64_t{1} << tau;
-  const int64_t per_hash = bh * (4 * buckets + 2 + nq + nk) * static_cast<int64_t>(sizeof(int32_t));
-  return clamp64(static_cast<int64_t>(YOSO_TABLE_BUDGET_BYTES) / per_hash, 1, m);
+  const int64_t total = bh * nk * dv;
+  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total;
+       e += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t col = e % dv, key = e / dv, b = key / nk;
+    if (!key_mask[key]) continue;
+    const int32_t* kc = key_codes + key * m + h0;
+    float acc = 0.f;
+    for (int64_t h = 0; h < hc; ++h) {
+      const int32_t code = kc[h];
+      if (code < 0 || code >= buckets) continue;
+      const int64_t unit = b * hc + h;
+      const int32_t* qs = qstart + unit * (buckets + 1) + code;
+      if (qs[1] == qs[0]) continue;  // no query in the bucket: its row was not written
+      acc += dv_table[(unit * buckets + code) * dv + col];
+    }
+    grad_value[e] += beta * acc;
+  }
+}
+
+// The backward's workspace and its hash chunks. Per hash of a chunk (all bh heads) the
+// workspace holds the sort's int32 arrays, bh (4 2^tau + 2 + nq + nk), and with dV tables
+// a [bh, 2^tau, dv] float table of the buckets' sums of G. The rule, so that the workspace
+// stays within YOSO_TABLE_BUDGET_BYTES (but always holds one hash's arrays):
+// 1. one hash's arrays and table fit the budget: dV from the tables (one table write per
+//    bucket, then dv_from_tables_kernel writes each key's row once per chunk); a chunk holds
+//    as many hashes as fit, at most m;
+// 2. else (tau 12 with bh dv above ~16000, tau 16 above ~1000): dV by one float atomic
+//    per (key, hash, column), as before; a chunk holds as many hashes' arrays as fit.
+struct BackwardPlan {
+  int64_t hc;           // hashes per chunk
+  bool dv_tables;
+  int64_t int_elems;    // int32 elements of the sort's arrays, rounded up to 64 (256 B)
+  int64_t table_elems;  // floats of the dV tables (0 without them)
+};
+
+BackwardPlan make_backward_plan(int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv, int tau) {
+  const int64_t buckets = int64_t{1} << tau;
+  const int64_t budget = static_cast<int64_t>(YOSO_TABLE_BUDGET_BYTES);
+  const int64_t ints = bh * (4 * buckets + 2 + nq + nk);
+  const int64_t table = bh * buckets * dv;
+  const int64_t per_hash = (ints + table) * static_cast<int64_t>(sizeof(float));
+  BackwardPlan plan;
+  plan.dv_tables = dv > 0 && per_hash <= budget;
+  if (plan.dv_tables) {
+    plan.hc = clamp64(budget / per_hash, 1, m);
+  } else {
+    plan.hc = clamp64(budget / (ints * static_cast<int64_t>(sizeof(int32_t))), 1, m);
+  }
+  plan.int_elems = (plan.hc * ints + 63) / 64 * 64;
+  plan.table_elems = plan.dv_tables ? plan.hc * table : 0;
+  return plan;
 }
 
 }  // namespace
@@ -777,11 +908,12 @@ cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_cod
                         nq, nk, m, dv, tau, stream);
 }
 
-size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau) {
-  if (!tau_ok(tau) || bh < 1 || m < 1) return 0;
-  const int64_t buckets = int64_t{1} << tau;
-  const int64_t hc = backward_hash_chunk(bh, nq, nk, m, tau);
-  return static_cast<size_t>(hc * bh * (4 * buckets + 2 + nq + nk)) * sizeof(int32_t);
+size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv,
+                                         int tau) {
+  if (!tau_ok(tau) || bh < 1 || m < 1 || nq < 0 || nk < 0 || dv < 0) return 0;
+  const BackwardPlan plan = make_backward_plan(bh, nq, nk, m, dv, tau);
+  return static_cast<size_t>(plan.int_elems) * sizeof(int32_t) +
+         static_cast<size_t>(plan.table_elems) * sizeof(float);
 }
 
 cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes, const float* query,
@@ -798,8 +930,10 @@ cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes
   if (err == cudaSuccess) err = cudaMemsetAsync(grad_value, 0, sizeof(float) * bh * nk * dv, stream);
   if (err != cudaSuccess || bh == 0 || nq == 0 || nk == 0 || m == 0 || d == 0 || dv == 0) return err;
   const int64_t buckets = int64_t{1} << tau;
-  const int64_t hc_max = backward_hash_chunk(bh, nq, nk, m, tau);
+  const BackwardPlan plan = make_backward_plan(bh, nq, nk, m, dv, tau);
+  const int64_t hc_max = plan.hc;
   int32_t* ints = static_cast<int32_t*>(workspace);
+  float* dv_table = plan.dv_tables ? reinterpret_cast<float*>(ints + plan.int_elems) : nullptr;
   int32_t* qcount = ints;
   int32_t* kcount = qcount + hc_max * bh * buckets;
   int32_t* qstart = kcount + hc_max * bh * buckets;
@@ -809,10 +943,21 @@ cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes
   const BackwardTensors x{query, key, value, grad, grad_query, grad_key, grad_value};
   const float alpha = static_cast<float>(tau) / 2.0f / static_cast<float>(m);
   const float beta = 1.0f / static_cast<float>(m);
-  const int64_t table_bytes = (kDirectSharedFloats + 2 * dv * d) * static_cast<int64_t>(sizeof(float));
-  const bool tables = table_bytes <= kSharedLimitBytes;
-  const size_t bucket_smem = static_cast<size_t>(
-      tables ? table_bytes : kDirectSharedFloats * static_cast<int64_t>(sizeof(float)));
+  int device = 0;
+  int optin = 0;
+  err = cudaGetDevice(&device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (err != cudaSuccess) return err;
+  const BucketSharedPlan smem = choose_bucket_shared_plan(d, dv, optin);
+  if (smem.bytes > static_cast<size_t>(kSharedLimitBytes)) {
+    // As the forward's shared_cumulation launcher: opt in to the device's whole limit, the
+    // same value on every call.
+    err = cudaFuncSetAttribute(bucket_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               optin);
+    if (err != cudaSuccess) return err;
+  }
   for (int64_t h0 = 0; h0 < m; h0 += hc_max) {
     const int64_t hc = clamp64(m - h0, 1, hc_max);
     const int64_t units = bh * hc;
@@ -830,11 +975,18 @@ cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes
         query_mask, query_codes, qcount, qidx, bh, nq, m, h0, hc, tau);
     place_codes_kernel<<<grid_for(units * nk, kThreads), kThreads, 0, stream>>>(
         key_mask, key_codes, kcount, kidx, bh, nk, m, h0, hc, tau);
-    bucket_backward_kernel<<<grid_for(units * kBucketBlocksPerUnit, 1), kBucketThreads, bucket_smem,
+    bucket_backward_kernel<<<grid_for(units * kBucketBlocksPerUnit, 1), kBucketThreads, smem.bytes,
                              stream>>>(x, qstart, qidx, kstart, kidx, units, hc, nq, nk, d, dv, tau,
-                                       alpha, beta, tables);
+                                       alpha, beta, smem.tables, smem.stage, smem.row_stride,
+                                       dv_table);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
+    if (plan.dv_tables) {
+      dv_from_tables_kernel<<<grid_for(bh * nk * dv, kThreads), kThreads, 0, stream>>>(
+          key_mask, key_codes, qstart, dv_table, grad_value, bh, nk, m, h0, hc, dv, tau, beta);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
   }
   return cudaSuccess;
 }

@@ -70,9 +70,11 @@ cudaError_t yoso_lsh_cumulation(const bool* query_mask, const int32_t* query_cod
                                 int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv,
                                 int tau, cudaStream_t stream);
 
-// Bytes of device workspace yoso_lsh_backward needs (sort indices; at most
-// about YOSO_TABLE_BUDGET_BYTES, hashes are processed in chunks).
-size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int tau);
+// Bytes of device workspace yoso_lsh_backward needs: the sort's indices and, when one
+// hash's [bh, 2**tau, dv] float table of bucket sums fits beside them, the dV tables. At
+// most about YOSO_TABLE_BUDGET_BYTES: hashes are processed in chunks.
+size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int64_t m, int64_t dv,
+                                         int tau);
 
 // The LSH surrogate gradients of yoso_lsh_cumulation (reference.lsh_backward):
 //   grad_value[b, j] = mk / m * sum_h sum_i mq [qc == kc] grad[b, i]
@@ -80,7 +82,8 @@ size_t yoso_lsh_backward_workspace_bytes(int64_t bh, int64_t nq, int64_t nk, int
 //   grad_key[b, j]   = (tau / 2) mk / m * sum_h sum_i mq [qc == kc] (grad_i . v_j) query[b, i]
 // query/key f32 [bh, n, d]; value f32 [bh, nk, dv]; grad f32 [bh, nq, dv]; outputs
 // fully written. Queries and keys are counting-sorted by code per (head, hash);
-// float atomics touch output rows only (no 2^tau-row tables).
+// float atomics touch dQ and dK rows only; dV comes from per-bucket tables of G's sums
+// in the workspace (or, where those exceed the budget, from atomics into dV's rows).
 cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes, const float* query,
                               const bool* key_mask, const int32_t* key_codes, const float* key,
                               const float* value, const float* grad, float* grad_query,
