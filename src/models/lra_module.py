@@ -58,8 +58,12 @@ class SequenceClassifier(TaskModule):
         ``position_ids``: the batch is compacted (``compact_masked``): each token's place in the
         full array, whose length (the position table's, ``pad_to``) ``mean_padded`` divides by.
         """
-        hidden = self.encoder(input_ids, attention_mask, position_ids=position_ids)
-        padded_length = self.encoder.max_length if position_ids is not None else None
+        if position_ids is None:  # the usual call: encoders without position_ids keep working
+            hidden = self.encoder(input_ids, attention_mask)
+            padded_length = None
+        else:
+            hidden = self.encoder(input_ids, attention_mask, position_ids=position_ids)
+            padded_length = self.encoder.max_length
         return self.head(pool(hidden, attention_mask, self.hparams.pooling, padded_length))
 
     def step_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
