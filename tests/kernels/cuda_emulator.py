@@ -29,6 +29,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only: the functions import torch where they use it
+    import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "src" / "kernels" / "csrc" / "cuda"
@@ -498,6 +502,21 @@ def _emulated_backward(ops: EmulatedOps, qm, qc, q, km, kc, k, v, g, tau):
     return outs
 
 
+def random_codes_and_masks(gen: torch.Generator, bh: int, nq: int, nk: int, m: int, tau: int,
+                           hot: float) -> tuple[torch.Tensor, ...]:
+    """Query and key codes (a share ``hot`` of them in bucket 1, so some buckets are full) and
+    masks with about 20 % padding: ``qc, kc, qm, km``."""
+    import torch
+
+    qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
+    kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
+    qc[torch.rand(qc.shape, generator=gen) < hot] = 1
+    kc[torch.rand(kc.shape, generator=gen) < hot] = 1
+    qm = torch.rand(bh, nq, generator=gen) > 0.2
+    km = torch.rand(bh, nk, generator=gen) > 0.2
+    return qc, kc, qm, km
+
+
 def check_emulated_backward(ops: EmulatedOps) -> int:
     """The sorted CUDA backward against reference.lsh_backward: odd shapes, padding, every
     path (direct tiles larger than one tile, per-bucket tables, skewed buckets, tau 16)."""
@@ -517,12 +536,7 @@ def check_emulated_backward(ops: EmulatedOps) -> int:
         (1, 50, 60, 100, 130, 2, 2, 0.5),  # three slabs; tables too large for 48 KiB
     ]
     for bh, nq, nk, d, dv, m, tau, hot in cases:
-        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
-        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
-        qc[torch.rand(qc.shape, generator=gen) < hot] = 1
-        kc[torch.rand(kc.shape, generator=gen) < hot] = 1
-        qm = torch.rand(bh, nq, generator=gen) > 0.2
-        km = torch.rand(bh, nk, generator=gen) > 0.2
+        qc, kc, qm, km = random_codes_and_masks(gen, bh, nq, nk, m, tau, hot)
         if bh > 1:
             km[0] = False
         q, k = torch.randn(bh, nq, d, generator=gen), torch.randn(bh, nk, d, generator=gen)
@@ -576,12 +590,7 @@ def check_backward_paths(ops: EmulatedOps) -> int:
         (h100, 1, 5, 7, 4, 1100, 2, 16, 0.5, False, True, 1, False),  # 288 MB: dV by atomics
     ]
     for limit, bh, nq, nk, d, dv, m, tau, hot, tables, stage, chunks, dv_tables in cases:
-        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
-        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
-        qc[torch.rand(qc.shape, generator=gen) < hot] = 1
-        kc[torch.rand(kc.shape, generator=gen) < hot] = 1
-        qm = torch.rand(bh, nq, generator=gen) > 0.2
-        km = torch.rand(bh, nk, generator=gen) > 0.2
+        qc, kc, qm, km = random_codes_and_masks(gen, bh, nq, nk, m, tau, hot)
         q, k = torch.randn(bh, nq, d, generator=gen), torch.randn(bh, nk, d, generator=gen)
         v, g = torch.randn(bh, nk, dv, generator=gen), torch.randn(bh, nq, dv, generator=gen)
         with device_smem_optin(ops.lib, limit):
@@ -719,12 +728,8 @@ def check_shared_cumulation(ops: EmulatedOps) -> int:
         (512, 2, 40, 50, 20, 3, 5, None),  # 4 columns fit: global tables
     ]
     for limit, bh, nq, nk, dv, m, tau, expected in cases:
-        qc = torch.randint(0, 2**tau, (bh, nq, m), generator=gen, dtype=torch.int32)
-        kc = torch.randint(0, 2**tau, (bh, nk, m), generator=gen, dtype=torch.int32)
-        qc[torch.rand(qc.shape, generator=gen) < 0.4] = 1  # full buckets: many keys per table row
-        kc[torch.rand(kc.shape, generator=gen) < 0.4] = 1
-        qm = torch.rand(bh, nq, generator=gen) > 0.2
-        km = torch.rand(bh, nk, generator=gen) > 0.2
+        # hot 0.4: full buckets, many keys per table row
+        qc, kc, qm, km = random_codes_and_masks(gen, bh, nq, nk, m, tau, 0.4)
         if bh > 1:
             km[0] = False  # an all-padding head
         v = torch.randn(bh, nk, dv, generator=gen)

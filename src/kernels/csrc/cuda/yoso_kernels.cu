@@ -373,13 +373,18 @@ SharedPlan choose_shared_plan(int64_t m, int64_t dv, int tau, int64_t limit_byte
   return plan;
 }
 
-// The plan for the current device.
-cudaError_t device_shared_plan(int64_t m, int64_t dv, int tau, SharedPlan* plan) {
+// The dynamic shared memory a block of the current device may opt in to.
+cudaError_t device_optin_bytes(int* optin) {
   int device = 0;
-  int optin = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  return cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+}
+
+// The plan for the current device.
+cudaError_t device_shared_plan(int64_t m, int64_t dv, int tau, SharedPlan* plan) {
+  int optin = 0;
+  const cudaError_t err = device_optin_bytes(&optin);
   if (err != cudaSuccess) return err;
   *plan = choose_shared_plan(m, dv, tau, optin);
   return cudaSuccess;
@@ -872,11 +877,8 @@ cudaError_t yoso_hash_fast(const float* x, const float* signs, int32_t* codes, i
   const int64_t rows = width >= kFastHashTileElems ? 1 : kFastHashTileElems / width;
   const size_t smem = static_cast<size_t>(rows * width) * sizeof(float);
   if (smem > 48 * 1024) {
-    int device = 0;
     int optin = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
-    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    cudaError_t err = device_optin_bytes(&optin);
     if (err != cudaSuccess) return err;
     if (smem > static_cast<size_t>(optin)) return cudaErrorInvalidConfiguration;
     err = cudaFuncSetAttribute(hash_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -943,12 +945,8 @@ cudaError_t yoso_lsh_backward(const bool* query_mask, const int32_t* query_codes
   const BackwardTensors x{query, key, value, grad, grad_query, grad_key, grad_value};
   const float alpha = static_cast<float>(tau) / 2.0f / static_cast<float>(m);
   const float beta = 1.0f / static_cast<float>(m);
-  int device = 0;
   int optin = 0;
-  err = cudaGetDevice(&device);
-  if (err == cudaSuccess) {
-    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  }
+  err = device_optin_bytes(&optin);
   if (err != cudaSuccess) return err;
   const BucketSharedPlan smem = choose_bucket_shared_plan(d, dv, optin);
   if (smem.bytes > static_cast<size_t>(kSharedLimitBytes)) {
