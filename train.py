@@ -29,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from src.callbacks.last_checkpoint import agreed_signal
 from src.checkpoint_io import CheckpointWriteError, use_atomic_checkpoints
 from src.checkpoints import check_resume_checkpoint, resolve_ckpt_path
-from src.cli import LOG_ROOT, TrainCLI
+from src.cli import LOG_ROOT, TrainCLI, check_compaction
 from src.signals import STOP, StoppedBySignal
 from src.stopping import exit_stopped, last_saved, leave_process_group
 
@@ -94,6 +94,7 @@ def build_cli(args: list[str] | None) -> TrainCLI:
     # names itself is kept (src/checkpoint_io.py).
     use_atomic_checkpoints(cli.trainer)
     cli.check_data_links()
+    check_compaction(cli.datamodule, cli.model)
     return cli
 
 

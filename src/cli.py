@@ -27,6 +27,7 @@ from src.callbacks.throughput import TokenThroughput
 from src.cli_errors import check_values, explain, fail, import_class, init_arguments
 from src.extends import expand_extends
 from src.kernels.backends import check_backend_choice
+from src.models.components.encoder import TransformerEncoder, compaction_refusal
 from src.pretrained import apply_source, link_segments
 
 LOG_ROOT = "logs"  # the configs' logger save_dir; --trainer.default_root_dir replaces it
@@ -172,6 +173,16 @@ class TrainCLI(LightningCLI):
                 f"argument '{target.rsplit('.', 1)[-1]}' in the model class (src/cli.py DATA_LINKS), "
                 "or use a DataModule that does not provide it."
             )
+
+
+def check_compaction(datamodule: object, model: object) -> None:
+    """Compacted batches and an attention that reads the order: one line before any step runs."""
+    encoder = getattr(model, "encoder", None)
+    if getattr(datamodule, "compacts", False) and isinstance(encoder, TransformerEncoder):
+        ordered = encoder.order_reading_attention()
+        if ordered:
+            why = compaction_refusal(ordered)
+            raise SystemExit(f"error: data.init_args.compact_masked is true, but {why}")
 
 
 def check_config(config: Namespace) -> None:

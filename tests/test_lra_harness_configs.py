@@ -97,3 +97,14 @@ def test_pathfinder_quickstart_generates_compacts_and_trains(tmp_path):
     run_dir = next((tmp_path / "logs" / "pathfinder_quickstart").glob("*/version_0"))
     config = (run_dir / "config.yaml").read_text()
     assert "compact_masked: true" in config and "position_init: sincos_2d" in config
+
+
+def test_compacted_pathfinder_with_an_order_reading_attention_fails_before_any_step(tmp_path):
+    import train
+
+    with pytest.raises(SystemExit, match=r"compact_masked is true, but YOSOAttention reads the sequence"):
+        train.build_cli(["--config", str(LRA / "pathfinder_quickstart.yaml"),
+                         "--config", str(ROOT / "configs" / "attention" / "yoso_c_16.yaml"),
+                         f"--data.init_args.data_dir={tmp_path / 'pf'}",
+                         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])
+    assert not (tmp_path / "pf").exists()  # refused before generating anything

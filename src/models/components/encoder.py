@@ -241,14 +241,25 @@ class TransformerEncoder(nn.Module):
         if low < 0 or high >= self.max_length:
             raise ValueError(f"position_ids must lie in [0, {self.max_length}) (the encoder's max_length), "
                              f"got [{low}, {high}]")
-        ordered = [type(layer.attention.attention).__name__ for layer in self.layers
-                   if getattr(layer.attention.attention, "reads_sequence_order", True)]
+        ordered = self.order_reading_attention()
         if ordered:
-            raise ValueError(f"{ordered[0]} reads the sequence order, so it cannot run on compacted inputs "
-                             "(position_ids): turn the data's compaction off (compact_masked: false) or use "
-                             "an attention that sees tokens as a set (softmax, YOSO without conv_window, "
-                             "YOSO-E, Performer)")
+            raise ValueError(compaction_refusal(ordered))
         return position_ids
+
+    def order_reading_attention(self) -> str | None:
+        """The class name of the first layer's attention that reads the sequence order, or None."""
+        for layer in self.layers:
+            attention = layer.attention.attention
+            if getattr(attention, "reads_sequence_order", True):
+                return type(attention).__name__
+        return None
+
+
+def compaction_refusal(attention: str) -> str:
+    """Why compacted inputs (``position_ids``) cannot run through ``attention``, and the fixes."""
+    return (f"{attention} reads the sequence order, so it cannot run on compacted inputs (position_ids): "
+            "turn the data's compaction off (compact_masked: false) or use an attention that sees tokens "
+            "as a set (softmax, YOSO without conv_window, YOSO-E, Performer)")
 
 
 POSITION_INITS: tuple[str, ...] = ("normal", "sincos_2d")
